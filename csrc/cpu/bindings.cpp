@@ -1,0 +1,149 @@
+// proxopt._C: the CPU backend. Takes raw pointers from Python (no libtorch),
+// checks the lists before touching memory, derives per-tensor scalars in
+// double, then runs one parallel region over all chunks with the GIL released.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "driver.h"
+#include "isa.h"
+#include "thread_pool.h"
+
+namespace py = pybind11;
+
+namespace proxopt::cpu {
+namespace {
+
+// Below this many elements a call runs on one thread: waking the pool costs
+// more than it saves.
+constexpr int64_t kParallelMinElems = 1 << 16;
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw std::invalid_argument("proxopt._C.step: " + what);
+}
+
+double read_scalar(uintptr_t ptr, int step_dtype) {
+  if (step_dtype == 1) return *reinterpret_cast<const double*>(ptr);
+  return *reinterpret_cast<const float*>(ptr);
+}
+
+void write_scalar(uintptr_t ptr, int step_dtype, double v) {
+  if (step_dtype == 1) {
+    *reinterpret_cast<double*>(ptr) = v;
+  } else {
+    *reinterpret_cast<float*>(ptr) = float(v);
+  }
+}
+
+// One optimizer step over one (param group, dtype). Returns false, having
+// written nothing, when found_inf is set.
+bool step(const Hyper& h, int dtype, const std::vector<uintptr_t>& params,
+          const std::vector<uintptr_t>& grads, const std::vector<std::vector<uintptr_t>>& states,
+          const std::vector<uintptr_t>& steps, int step_dtype, const std::vector<int64_t>& numels,
+          const std::vector<bool>& fresh, uintptr_t grad_scale, uintptr_t found_inf,
+          int nthreads) {
+  // Every check happens before the first write.
+  const size_t n = params.size();
+  require(dtype >= 0 && dtype <= 3, "unknown dtype code " + std::to_string(dtype));
+  require(h.rule >= 0 && h.rule <= 3, "unknown rule code " + std::to_string(h.rule));
+  require(grads.size() == n, "grads has " + std::to_string(grads.size()) + " entries, params " +
+                                 std::to_string(n));
+  require(numels.size() == n, "numels and params differ in length");
+  const int nstates = state_count(h);
+  require(int(states.size()) == nstates, "rule needs " + std::to_string(nstates) +
+                                             " state lists, got " + std::to_string(states.size()));
+  for (const auto& s : states) require(s.size() == n, "a state list and params differ in length");
+  const bool has_steps = RuleKind(h.rule) != RuleKind::kSgd;
+  require(steps.size() == (has_steps ? n : 0), "steps has the wrong length");
+  require(step_dtype == 0 || step_dtype == 1, "step dtype must be float32 (0) or float64 (1)");
+  require(fresh.empty() || fresh.size() == n, "fresh and params differ in length");
+  for (size_t i = 0; i < n; ++i) {
+    require(numels[i] >= 0, "negative numel");
+    if (numels[i] == 0) continue;
+    require(params[i] != 0 && grads[i] != 0, "null data pointer");
+    for (const auto& s : states) require(s[i] != 0, "null state pointer");
+  }
+  for (size_t i = 0; i < steps.size(); ++i) require(steps[i] != 0, "null step pointer");
+  require(nthreads >= 1, "nthreads must be >= 1");
+
+  if (found_inf != 0 && *reinterpret_cast<const float*>(found_inf) != 0.0f) return false;
+  const double scale = grad_scale != 0 ? *reinterpret_cast<const float*>(grad_scale) : 1.0;
+
+  std::vector<Coeffs<double>> coeffs(n);
+  for (size_t i = 0; i < n; ++i) {
+    double t = 0;
+    if (has_steps) {
+      t = read_scalar(steps[i], step_dtype) + 1.0;
+      write_scalar(steps[i], step_dtype, t);
+    }
+    coeffs[i] = make_coeffs(h, t, !fresh.empty() && fresh[i], scale, grad_scale != 0);
+  }
+
+  CpuCall call;
+  call.params = params.data();
+  call.grads = grads.data();
+  for (int s = 0; s < nstates; ++s) call.states[s] = states[s].data();
+  call.numels = numels.data();
+  call.coeffs = coeffs.data();
+
+  std::vector<Chunk> chunks;
+  int64_t total = 0;
+  for (size_t i = 0; i < n; ++i) {
+    for (int64_t b = 0; b < numels[i]; b += kChunkElems) {
+      chunks.push_back({int64_t(i), b, std::min(numels[i], b + kChunkElems)});
+    }
+    total += numels[i];
+  }
+  const ChunkFn fn = select_chunk_fn(h, DType(dtype));
+  require(fn != nullptr, "no kernel for this rule and dtype");
+  const int threads = total < kParallelMinElems ? 1 : nthreads;
+  {
+    py::gil_scoped_release release;
+    parallel_for(threads, int64_t(chunks.size()), [&](int64_t c) { fn(call, chunks[c]); });
+  }
+  return true;
+}
+
+}  // namespace
+}  // namespace proxopt::cpu
+
+PYBIND11_MODULE(_C, m) {
+  using proxopt::Hyper;
+  m.doc() = "proxopt CPU kernels (raw pointers; see python/proxopt/_fused.py)";
+  py::class_<Hyper>(m, "Hyper")
+      .def(py::init<>())
+      .def_readwrite("rule", &Hyper::rule)
+      .def_readwrite("lr", &Hyper::lr)
+      .def_readwrite("beta1", &Hyper::beta1)
+      .def_readwrite("beta2", &Hyper::beta2)
+      .def_readwrite("eps", &Hyper::eps)
+      .def_readwrite("weight_decay", &Hyper::weight_decay)
+      .def_readwrite("momentum", &Hyper::momentum)
+      .def_readwrite("dampening", &Hyper::dampening)
+      .def_readwrite("alpha", &Hyper::alpha)
+      .def_readwrite("lr_decay", &Hyper::lr_decay)
+      .def_readwrite("l1", &Hyper::l1)
+      .def_readwrite("l2", &Hyper::l2)
+      .def_readwrite("l0", &Hyper::l0)
+      .def_readwrite("lo", &Hyper::lo)
+      .def_readwrite("hi", &Hyper::hi)
+      .def_readwrite("maximize", &Hyper::maximize)
+      .def_readwrite("decoupled_weight_decay", &Hyper::decoupled_weight_decay)
+      .def_readwrite("amsgrad", &Hyper::amsgrad)
+      .def_readwrite("nesterov", &Hyper::nesterov)
+      .def_readwrite("centered", &Hyper::centered)
+      .def_readwrite("adaptive", &Hyper::adaptive);
+  m.def("step", &proxopt::cpu::step, py::arg("hyper"), py::arg("dtype"), py::arg("params"),
+        py::arg("grads"), py::arg("states"), py::arg("steps"), py::arg("step_dtype"),
+        py::arg("numels"), py::arg("fresh"), py::arg("grad_scale"), py::arg("found_inf"),
+        py::arg("nthreads"));
+  m.def("supported_isas", &proxopt::cpu::supported_isas);
+  m.def("current_isa", &proxopt::cpu::current_isa);
+  m.def("set_isa", &proxopt::cpu::set_isa, py::arg("name"));
+  m.attr("CHUNK_ELEMS") = proxopt::cpu::kChunkElems;
+  m.attr("PARALLEL_MIN_ELEMS") = proxopt::cpu::kParallelMinElems;
+}

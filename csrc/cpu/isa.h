@@ -1,0 +1,16 @@
+// Run-time choice of the instruction set the CPU kernels use.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "driver.h"
+
+namespace proxopt::cpu {
+
+std::vector<std::string> supported_isas();  // compiled in and supported by this CPU, widest last
+std::string current_isa();
+void set_isa(const std::string& name);      // throws std::invalid_argument
+ChunkFn select_chunk_fn(const Hyper& h, DType dtype);
+
+}  // namespace proxopt::cpu

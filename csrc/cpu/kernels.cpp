@@ -1,0 +1,145 @@
+// Per-ISA kernels. CMake compiles this file once per instruction set
+// (baseline, AVX2, AVX-512) with PROXOPT_ISA naming the namespace; isa.cpp
+// picks one at run time. The loop body is proxopt::step_element, the same
+// function the CUDA kernels call, so the math exists once.
+#include <algorithm>
+#include <cstring>
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+#include "../proxopt/math.h"
+#include "driver.h"
+
+#ifndef PROXOPT_ISA
+#error "PROXOPT_ISA must name the instruction-set namespace"
+#endif
+
+namespace proxopt::cpu::PROXOPT_ISA {
+namespace {
+
+// bfloat16 storage: the top half of a float32.
+struct BF16 {
+  uint16_t bits;
+};
+
+template <class T> struct MathType { using type = float; };
+template <> struct MathType<double> { using type = double; };
+
+inline float load(float x) { return x; }
+inline double load(double x) { return x; }
+inline float load(_Float16 x) { return static_cast<float>(x); }
+inline float load(BF16 x) {
+  uint32_t u = uint32_t(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <class T> inline T store(typename MathType<T>::type v) { return static_cast<T>(v); }
+template <> inline BF16 store<BF16>(float v) {
+  // Round to nearest even, as c10::BFloat16 does; NaN stays a quiet NaN.
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return BF16{nan ? uint16_t(0x7fc0) : uint16_t(u >> 16)};
+}
+
+// Elements per tile: the tile's arrays (about 6 KiB in float) stay in L1.
+constexpr int kTile = 256;
+
+// One chunk, tile by tile: load and widen into the tile, step it, narrow and
+// store. Distinct __restrict pointers: tensors never overlap (Python rejects
+// aliasing), so the compiler needs no alias checks.
+// Widen storage into the tile and narrow it back: plain loops the compiler
+// vectorizes, except float16, which GCC only converts in bulk with F16C.
+template <class T, class M>
+inline void widen(const T* __restrict src, M* __restrict dst, int n) {
+#pragma GCC ivdep
+  for (int j = 0; j < n; ++j) dst[j] = load(src[j]);
+}
+template <class T, class M>
+inline void narrow(const M* __restrict src, T* __restrict dst, int n) {
+#pragma GCC ivdep
+  for (int j = 0; j < n; ++j) dst[j] = store<T>(src[j]);
+}
+#if defined(__F16C__)
+template <>
+inline void widen<_Float16, float>(const _Float16* __restrict src, float* __restrict dst, int n) {
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
+  }
+  for (; j < n; ++j) dst[j] = load(src[j]);
+}
+template <>
+inline void narrow<_Float16, float>(const float* __restrict src, _Float16* __restrict dst, int n) {
+  int j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j), h);
+  }
+  for (; j < n; ++j) dst[j] = store<_Float16>(src[j]);
+}
+#endif
+
+template <class Rule, class T, class M>
+void step_range(int64_t len, const Coeffs<M>& k, T* __restrict w, const T* __restrict g,
+                T* __restrict s0, T* __restrict s1, T* __restrict s2) {
+  constexpr int S = Rule::kStates;
+  T* const st[kMaxStates] = {s0, s1, s2};
+  Tile<M, kTile> t;
+  for (int64_t base = 0; base < len; base += kTile) {
+    const int n = int(std::min<int64_t>(kTile, len - base));
+    widen(w + base, t.w, n);
+    widen(g + base, t.g, n);
+    for (int q = 0; q < S; ++q) widen(st[q] + base, t.s[q], n);
+    step_tile<Rule, M, kTile>(n, t, k);
+    narrow(t.w, w + base, n);
+    for (int q = 0; q < S; ++q) narrow(t.s[q], st[q] + base, n);
+  }
+}
+
+template <class Rule, class T>
+void run_chunk(const CpuCall& c, const Chunk& ch) {
+  using M = typename MathType<T>::type;
+  constexpr int S = Rule::kStates;
+  const int64_t t = ch.tensor, b = ch.begin;
+  auto state = [&](int j) { return j < S ? reinterpret_cast<T*>(c.states[j][t]) + b : nullptr; };
+  step_range<Rule, T, M>(ch.end - b, c.coeffs[t].template cast<M>(),
+                         reinterpret_cast<T*>(c.params[t]) + b,
+                         reinterpret_cast<const T*>(c.grads[t]) + b, state(0), state(1), state(2));
+}
+
+template <class T>
+ChunkFn select_rule(const Hyper& h) {
+  switch (RuleKind(h.rule)) {
+    case RuleKind::kSgd:
+      return h.momentum != 0 ? run_chunk<Sgd<true>, T> : run_chunk<Sgd<false>, T>;
+    case RuleKind::kAdam:
+      return h.amsgrad ? run_chunk<Adam<true>, T> : run_chunk<Adam<false>, T>;
+    case RuleKind::kAdagrad:
+      return run_chunk<Adagrad, T>;
+    case RuleKind::kRmsprop:
+      if (h.centered) {
+        return h.momentum > 0 ? run_chunk<Rmsprop<true, true>, T> : run_chunk<Rmsprop<true, false>, T>;
+      }
+      return h.momentum > 0 ? run_chunk<Rmsprop<false, true>, T> : run_chunk<Rmsprop<false, false>, T>;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+ChunkFn select_chunk_fn(const Hyper& h, DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return select_rule<float>(h);
+    case DType::kFloat64: return select_rule<double>(h);
+    case DType::kFloat16: return select_rule<_Float16>(h);
+    case DType::kBFloat16: return select_rule<BF16>(h);
+  }
+  return nullptr;
+}
+
+}  // namespace proxopt::cpu::PROXOPT_ISA

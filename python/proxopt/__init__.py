@@ -1,0 +1,29 @@
+"""proxopt: torch.optim-compatible optimizers with fused proximal regularization.
+
+Swap ``torch.optim.AdamW(params, ...)`` for ``proxopt.AdamW(params, ..., l1=1e-5)``:
+the update, the penalty and the proximal shrinkage run in one pass over memory
+in a C++ kernel, and L1 gives exact zeros.
+"""
+
+from ._backend import backend_info, has_cpu_kernels, set_simd_level, simd_level, simd_levels
+from .adam import Adam, AdamW
+from .optimizer import ProxOptimizer
+from .penalties import elastic_net_penalty, l1_penalty, l2_penalty
+from .sgd import SGD
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "ProxOptimizer",
+    "backend_info",
+    "has_cpu_kernels",
+    "simd_level",
+    "simd_levels",
+    "set_simd_level",
+    "l1_penalty",
+    "l2_penalty",
+    "elastic_net_penalty",
+]

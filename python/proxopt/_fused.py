@@ -1,0 +1,75 @@
+"""The fast path: one call into the compiled kernels per (param group,
+device, dtype), with lists of raw pointers. Nothing here does arithmetic."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _backend
+from .reference import Hyper
+
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+STEP_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+_HYPER_FIELDS = tuple(Hyper.__dataclass_fields__)
+
+
+def kernel_dtype(t: Tensor) -> torch.dtype | None:
+    """The real dtype a kernel would run ``t`` in, or None if no kernel takes it."""
+    dt = _REAL.get(t.dtype, t.dtype)
+    return dt if dt in DTYPE_CODES else None
+
+
+def cpu_kernel_takes(param: Tensor, grad: Tensor, states: list[Tensor], step: Tensor | None) -> bool:
+    """Whether the CPU kernel can update this tensor in place; if not, the
+    reference does (never a silent ``.contiguous()`` copy of a tensor we write)."""
+    if _backend._C is None or param.device.type != "cpu" or kernel_dtype(param) is None:
+        return False
+    if not (param.is_contiguous() and grad.is_contiguous()):
+        return False
+    if any(not s.is_contiguous() or s.dtype != param.dtype for s in states):
+        return False
+    return step is None or (step.device.type == "cpu" and step.dtype in STEP_DTYPE_CODES)
+
+
+def _ptr_numel(t: Tensor) -> tuple[int, int]:
+    # A complex tensor is updated as its real view: same pointer, twice the elements.
+    return t.data_ptr(), t.numel() * (2 if t.is_complex() else 1)
+
+
+def to_c(h: Hyper):
+    c = _backend._C.Hyper()
+    for name in _HYPER_FIELDS:
+        setattr(c, name, getattr(h, name))
+    return c
+
+
+def cpu_step(
+    h: Hyper,
+    params: list[Tensor],
+    grads: list[Tensor],
+    states: list[list[Tensor]],
+    steps: list[Tensor] | None,
+    fresh: list[bool],
+    grad_scale: Tensor | None,
+    found_inf: Tensor | None,
+) -> bool:
+    """One kernel call over tensors of one dtype; False if found_inf skipped it."""
+    dtype = kernel_dtype(params[0])
+    ptrs, numels = zip(*map(_ptr_numel, params))
+    step_dtype = steps[0].dtype if steps else torch.float32
+    return _backend._C.step(
+        to_c(h),
+        DTYPE_CODES[dtype],
+        list(ptrs),
+        [g.data_ptr() for g in grads],
+        [[t.data_ptr() for t in per_key] for per_key in states],
+        [s.data_ptr() for s in steps] if steps else [],
+        STEP_DTYPE_CODES[step_dtype],
+        list(numels),
+        fresh,
+        grad_scale.data_ptr() if grad_scale is not None else 0,
+        found_inf.data_ptr() if found_inf is not None else 0,
+        torch.get_num_threads(),
+    )

@@ -1,0 +1,308 @@
+"""The base class of every proxopt optimizer.
+
+It owns what is common to all rules: hyperparameter and regularizer
+validation, lazy state, the checks that run before anything is written, the
+split between the kernel path and the reference path, AMP's
+``grad_scale``/``found_inf``, and state_dict compatibility with torch.optim.
+Subclasses say which rule they are and which state they keep.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import _fused, reference
+from .reference import Hyper
+from .regularizers import REGULARIZER_DEFAULTS, bounds_of, has_prox, validate_regularizers
+
+Prepared = tuple  # (param, grad, states, step, fresh, commit)
+
+
+def _scalar(v: Any) -> float:
+    return float(v.item()) if isinstance(v, Tensor) else float(v)
+
+
+def check_lr(lr: Any) -> None:
+    """torch's lr checks: a number, or a 1-element tensor, not negative (NaN rejected too)."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not _scalar(lr) >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+
+
+class ProxOptimizer(Optimizer):
+    """A ``torch.optim.Optimizer`` whose step runs the fused kernel of one rule.
+
+    Subclasses set ``_rule`` (a ``reference`` rule code) and ``_adaptive_ok``,
+    and implement ``_check_hyper``, ``_hyper`` and ``_state_keys``.
+    """
+
+    _rule: int
+    _adaptive_ok: bool = True
+    _has_step: bool = True  # keeps a ``step`` counter in its state
+
+    # ---- subclass interface ----------------------------------------------
+
+    def _check_hyper(self, group: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _hyper(self, group: dict) -> Hyper:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:  # pragma: no cover - abstract
+        """The state tensors the rule reads and writes, in kernel order."""
+        raise NotImplementedError
+
+    def _new_state(self, p: Tensor, key: str, group: dict) -> Tensor:
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    # ---- construction and param groups -----------------------------------
+
+    def __init__(self, params, defaults: dict) -> None:
+        for key in ("differentiable", "capturable"):
+            if defaults.get(key):
+                raise NotImplementedError(f"proxopt.{type(self).__name__} does not support {key}=True")
+        if defaults.get("fused") and defaults.get("foreach"):
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        super().__init__(params, {**defaults, **{k: v for k, v in REGULARIZER_DEFAULTS.items() if k not in defaults}})
+        if not hasattr(self, "_step_supports_amp_scaling"):
+            # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
+            self._step_supports_amp_scaling = True
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            self._check_group(group)
+            self._check_params(group)
+        except Exception:
+            self.param_groups.pop()
+            raise
+
+    def _check_group(self, group: dict) -> None:
+        check_lr(group["lr"])
+        self._check_hyper(group)
+        validate_regularizers(group, adaptive_ok=self._adaptive_ok, optimizer=f"proxopt.{type(self).__name__}")
+        for key in ("differentiable", "capturable"):
+            if group.get(key):
+                raise NotImplementedError(f"proxopt.{type(self).__name__} does not support {key}=True")
+
+    def _check_params(self, group: dict) -> None:
+        prox = has_prox(group)
+        spans: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+        for i, p in enumerate(group["params"]):
+            if not (p.is_floating_point() or p.is_complex()):
+                raise ValueError(f"{self._label(group, i)}: can only optimize floating point or complex tensors, got {p.dtype}")
+            if prox and p.is_complex():
+                raise ValueError(
+                    f"{self._label(group, i)} is complex: proximal regularizers (l1, l2, l0, bounds) "
+                    "are not defined for complex parameters; put it in a param group without them"
+                )
+            if p.device.type != "meta" and p.numel() > 0:
+                start = p.data_ptr()
+                spans[p.untyped_storage().data_ptr()].append((start, start + p.numel() * p.element_size(), i))
+        # Parameters may share a storage (views of one flat buffer) but not overlap.
+        for pieces in spans.values():
+            pieces.sort()
+            for (s0, e0, i0), (s1, _, i1) in zip(pieces, pieces[1:]):
+                if s1 < e0:
+                    raise ValueError(
+                        f"{self._label(group, i0)} and {self._label(group, i1)} overlap in memory: "
+                        "a step would update the shared elements twice"
+                    )
+
+    @staticmethod
+    def _label(group: dict, i: int) -> str:
+        names = group.get("param_names")
+        return f"parameter {names[i]!r}" if names else f"parameter {i} of its param group"
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not (
+                    torch.is_tensor(st["step"]) and st["step"].device.type == "cpu" and st["step"].dtype in _fused.STEP_DTYPE_CODES
+                ):
+                    # torch keeps `step` on the device for fused/capturable runs; proxopt reads it on the host.
+                    st["step"] = torch.tensor(_scalar(st["step"]), dtype=torch.float32)
+
+    # ---- state_dict checks -------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._check_loadable(state_dict)
+        super().load_state_dict(state_dict)
+
+    def _check_loadable(self, state_dict: dict) -> None:
+        """Reject a state_dict from another optimizer type, or with missing or
+        misshapen state, before anything is modified."""
+        if not isinstance(state_dict, dict) or "state" not in state_dict or "param_groups" not in state_dict:
+            raise ValueError("state_dict must be a dict with 'state' and 'param_groups' (from Optimizer.state_dict())")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        name = type(self).__name__
+        for group, saved in zip(self.param_groups, saved_groups):
+            if len(group["params"]) != len(saved["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
+                )
+            merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
+            required = set(self._state_keys(merged)) | ({"step"} if self._has_step else set())
+            for p, pid in zip(group["params"], saved["params"]):
+                st = state_dict["state"].get(pid)
+                if not st:
+                    continue
+                missing = sorted(required - set(st))
+                if missing:
+                    raise ValueError(
+                        f"state_dict entry for parameter {pid} lacks {missing} (it has {sorted(st)}): "
+                        f"it does not come from a {name} optimizer with these settings; "
+                        "load a state_dict saved by the same optimizer type"
+                    )
+                for key in required - {"step"}:
+                    t = st[key]
+                    if not torch.is_tensor(t) or t.shape != p.shape:
+                        shape = tuple(t.shape) if torch.is_tensor(t) else type(t).__name__
+                        raise ValueError(
+                            f"state_dict entry {key!r} of parameter {pid} has shape {shape}, "
+                            f"its parameter {tuple(p.shape)}"
+                        )
+
+    # ---- the step ------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None):
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        # Every check, for every group, before the first write.
+        plans = [self._plan(group) for group in self.param_groups]
+        if found_inf is not None:
+            found_inf = found_inf.to("cpu", torch.float32)
+            if found_inf.item() != 0:
+                return loss  # AMP overflow: leave parameters and state untouched
+        if grad_scale is not None:
+            grad_scale = grad_scale.to("cpu", torch.float32)
+        for group, items in plans:
+            if items:
+                self._step_group(group, items, grad_scale)
+        return loss
+
+    def _plan(self, group: dict) -> tuple[dict, list[tuple[Tensor, Tensor]]]:
+        self._check_group(group)
+        prox = has_prox(group)
+        name = type(self).__name__
+        items = []
+        for i, p in enumerate(group["params"]):
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(f"proxopt.{name} does not support sparse gradients ({self._label(group, i)})")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise ValueError(
+                    f"{self._label(group, i)}: its grad has shape {tuple(g.shape)}, dtype {g.dtype}, device "
+                    f"{g.device}; the parameter has {tuple(p.shape)}, {p.dtype}, {p.device}"
+                )
+            if prox and p.is_complex():
+                raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
+            items.append((p, g))
+        return group, items
+
+    def _prepare(self, p: Tensor, group: dict, keys: tuple[str, ...]):
+        """The state of one parameter for this step: (states, step, fresh, commit).
+        ``commit`` holds state created this step, stored only after the step ran."""
+        state = self.state[p]
+        if self._has_step and "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=_default_step_dtype())
+            for key in keys:
+                state[key] = self._new_state(p, key, group)
+        commit = {}
+        for key in keys:
+            if key not in state:  # SGD's momentum buffer: created from the first direction
+                commit[key] = torch.empty_like(p, memory_format=torch.preserve_format)
+        states = [commit[k] if k in commit else state[k] for k in keys]
+        return states, state.get("step"), bool(commit), commit
+
+    def _step_group(self, group: dict, items: list[tuple[Tensor, Tensor]], grad_scale: Tensor | None) -> None:
+        h = self._hyper(group)
+        keys = self._state_keys(group)
+        use_kernel = group.get("fused") is not False
+        buckets: dict[tuple, list] = defaultdict(list)
+        slow = []
+        for p, g in items:
+            states, step, fresh, commit = self._prepare(p, group, keys)
+            entry = (p, g, states, step, fresh, commit)
+            if use_kernel and _fused.cpu_kernel_takes(p, g, states, step):
+                buckets[(_fused.kernel_dtype(p), step.dtype if step is not None else None)].append(entry)
+            else:
+                slow.append(entry)
+        for entries in buckets.values():
+            p, g, states, steps, fresh, _ = zip(*entries)
+            _fused.cpu_step(
+                h,
+                list(p),
+                list(g),
+                [[s[k] for s in states] for k in range(len(keys))],
+                list(steps) if self._has_step else None,
+                list(fresh),
+                grad_scale,
+                None,
+            )
+        for p, g, states, step, fresh, _ in slow:
+            reference.step_tensor(h, p, g, states, step, fresh=fresh, grad_scale=grad_scale)
+        for p, _, _, _, _, commit in [*[e for es in buckets.values() for e in es], *slow]:
+            if commit:
+                self.state[p].update(commit)
+
+    # ---- helpers for subclasses --------------------------------------------
+
+    @staticmethod
+    def _base_hyper(group: dict, rule: int) -> Hyper:
+        lo, hi = bounds_of(group)
+        return Hyper(
+            rule=rule,
+            lr=_scalar(group["lr"]),
+            weight_decay=float(group.get("weight_decay", 0.0)),
+            maximize=bool(group.get("maximize", False)),
+            l1=float(group["l1"]),
+            l2=float(group["l2"]),
+            l0=float(group["l0"]),
+            lo=lo,
+            hi=hi,
+            adaptive=group["prox_metric"] == "adaptive",
+        )
+
+
+def _default_step_dtype() -> torch.dtype:
+    # As torch: float64 when that is the default dtype, else float32.
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def check_nonneg(name: str, value: Any, label: str | None = None) -> None:
+    v = _scalar(value)
+    if not v >= 0.0:
+        raise ValueError(f"Invalid {label or name} value: {value}")
+
+
+def check_finite(name: str, value: Any) -> None:
+    if not math.isfinite(_scalar(value)):
+        raise ValueError(f"Invalid {name} value: {value}")

@@ -1,0 +1,211 @@
+"""The pure-torch reference: the specification of every update rule and
+regularizer, the fallback for tensors the kernels cannot take, and the oracle
+the tests compare the kernels against.
+
+It mirrors ``csrc/proxopt/math.h`` line by line, in the same order of
+operations (DESIGN.md):
+
+1. g ← grad / grad_scale, negated if ``maximize``;
+2. g ← g + weight_decay·w where the optimizer couples weight decay;
+3. the rule's state update and direction d;
+4. w ← w·(1 − lr·weight_decay) where weight decay is decoupled (AdamW);
+5. w ← w − step·d;
+6. the elementwise prox: L1 soft threshold or L0 hard threshold, then ridge,
+   then the clamp to ``bounds``.
+
+Arithmetic runs in float32 for float16/bfloat16 tensors (float64 for
+float64), as torch's fused optimizers do; results are stored back once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+SGD, ADAM, ADAGRAD, RMSPROP = 0, 1, 2, 3
+
+
+@dataclass
+class Hyper:
+    """The hyperparameters of one param group for one step (names as in C++)."""
+
+    rule: int = SGD
+    lr: float = 0.0
+    beta1: float = 0.0
+    beta2: float = 0.0
+    eps: float = 0.0
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    dampening: float = 0.0
+    alpha: float = 0.0
+    lr_decay: float = 0.0
+    l1: float = 0.0
+    l2: float = 0.0
+    l0: float = 0.0
+    lo: float = -math.inf
+    hi: float = math.inf
+    maximize: bool = False
+    decoupled_weight_decay: bool = False
+    amsgrad: bool = False
+    nesterov: bool = False
+    centered: bool = False
+    adaptive: bool = False
+
+
+# ---- proximal operators: each is argmin_x ½‖x − w‖² + τ·R(x) --------------
+
+
+def soft_threshold(w: Tensor, tau: float | Tensor) -> Tensor:
+    """Prox of τ‖x‖₁: sign(w)·max(|w| − τ, 0). Exact zeros where |w| ≤ τ."""
+    return torch.sign(w) * torch.clamp_min(w.abs() - tau, 0)
+
+
+def hard_threshold(w: Tensor, tau: float | Tensor) -> Tensor:
+    """Prox of τ‖x‖₀: keep w where |w| > √(2τ), else 0."""
+    thr = torch.sqrt(2 * torch.as_tensor(tau, dtype=w.dtype, device=w.device))
+    return torch.where(w.abs() <= thr, torch.zeros_like(w), w)
+
+
+def ridge(w: Tensor, tau: float | Tensor) -> Tensor:
+    """Prox of τ/2‖x‖²: w / (1 + τ)."""
+    return w / (1 + tau)
+
+
+def project_bounds(w: Tensor, lo: float, hi: float) -> Tensor:
+    """Projection onto the box lo ≤ x ≤ hi."""
+    return torch.clamp(w, lo, hi)
+
+
+def prox_elementwise(h: Hyper, lr: float, w: Tensor, denom: Tensor | None) -> Tensor:
+    """Step 6 for the elementwise proxes; ``denom`` is the rule's preconditioner
+    (used when ``h.adaptive``), ``lr`` the lr the thresholds scale with."""
+    adaptive = h.adaptive and denom is not None
+
+    def tau(lam: float) -> float | Tensor:
+        return (lr * lam) / denom if adaptive else lr * lam
+
+    if h.l1:
+        w = soft_threshold(w, tau(h.l1))
+    elif h.l0:
+        w = hard_threshold(w, tau(h.l0))
+    if h.l2:
+        w = ridge(w, tau(h.l2))
+    if math.isfinite(h.lo) or math.isfinite(h.hi):
+        w = project_bounds(w, h.lo, h.hi)
+    return w
+
+
+# ---- update rules on math-precision tensors ------------------------------
+# Each moves w and the states in place and returns (w, denom, lr for the prox).
+
+
+def _sgd(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: bool):
+    d = g
+    if h.momentum != 0:
+        buf = s[0]
+        if fresh:
+            buf.copy_(g)
+        else:
+            buf.mul_(h.momentum).add_(g, alpha=1 - h.dampening)
+        d = g.add(buf, alpha=h.momentum) if h.nesterov else buf
+    w.add_(d, alpha=-h.lr)
+    return w, None, h.lr
+
+
+def _adam(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: bool):
+    exp_avg, exp_avg_sq = s[0], s[1]
+    bias_correction1 = 1 - h.beta1**step
+    bias_correction2 = 1 - h.beta2**step
+    step_size = h.lr / bias_correction1
+    exp_avg.lerp_(g, 1 - h.beta1)
+    exp_avg_sq.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)
+    v_hat = exp_avg_sq
+    if h.amsgrad:
+        torch.maximum(s[2], exp_avg_sq, out=s[2])
+        v_hat = s[2]
+    denom = v_hat.sqrt() / bias_correction2**0.5 + h.eps
+    if h.weight_decay != 0 and h.decoupled_weight_decay:
+        w.mul_(1 - h.lr * h.weight_decay)
+    w.addcdiv_(exp_avg, denom, value=-step_size)
+    return w, denom, h.lr
+
+
+def _adagrad(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: bool):
+    clr = h.lr / (1 + (step - 1) * h.lr_decay)
+    state_sum = s[0]
+    state_sum.addcmul_(g, g, value=1)
+    denom = state_sum.sqrt() + h.eps
+    w.addcdiv_(g, denom, value=-clr)
+    return w, denom, clr
+
+
+def _rmsprop(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: bool):
+    square_avg = s[0]
+    square_avg.mul_(h.alpha).addcmul_(g, g, value=1 - h.alpha)
+    if h.centered:
+        grad_avg = s[2] if h.momentum > 0 else s[1]
+        grad_avg.lerp_(g, 1 - h.alpha)
+        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
+    else:
+        avg = square_avg.sqrt()
+    denom = avg + h.eps
+    if h.momentum > 0:
+        buf = s[1]
+        buf.mul_(h.momentum).addcdiv_(g, denom)
+        w.add_(buf, alpha=-h.lr)
+    else:
+        w.addcdiv_(g, denom, value=-h.lr)
+    return w, denom, h.lr
+
+
+_RULES = {SGD: _sgd, ADAM: _adam, ADAGRAD: _adagrad, RMSPROP: _rmsprop}
+
+
+def _math(t: Tensor) -> Tensor:
+    """The tensor the arithmetic runs on: a real view, upcast from 16-bit floats."""
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def step_tensor(
+    h: Hyper,
+    param: Tensor,
+    grad: Tensor,
+    states: list[Tensor],
+    step: Tensor | None,
+    *,
+    fresh: bool = False,
+    grad_scale: Tensor | None = None,
+) -> None:
+    """One step of one tensor, in place: ``param``, ``states`` and ``step``.
+
+    ``states`` are the rule's state tensors in kernel order (see the optimizer
+    classes); ``step`` is the tensor step counter (None for SGD); ``fresh``
+    marks an SGD momentum buffer that has no value yet.
+    """
+    w, g = _math(param), _math(grad)
+    s = [_math(t) for t in states]
+    t = 0.0
+    if step is not None:
+        step += 1
+        t = float(step)
+    if grad_scale is not None:
+        g = g / grad_scale.to(g.dtype)
+    if h.maximize:
+        g = -g
+    if h.weight_decay != 0 and not h.decoupled_weight_decay:
+        g = g.add(w, alpha=h.weight_decay)
+    w, denom, lr = _RULES[h.rule](h, w, g, s, t, fresh)
+    w_new = prox_elementwise(h, lr, w, denom)
+    # Store results where the arithmetic did not run in place.
+    real_param = torch.view_as_real(param) if param.is_complex() else param
+    if w_new is not real_param:
+        real_param.copy_(w_new)
+    for dst, src in zip(states, s):
+        real = torch.view_as_real(dst) if dst.is_complex() else dst
+        if src is not real:
+            real.copy_(src)

@@ -1,0 +1,84 @@
+"""proxopt.SGD: torch.optim.SGD with fused proximal regularization."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from . import reference
+from .optimizer import ProxOptimizer, check_nonneg
+from .reference import Hyper
+
+
+class SGD(ProxOptimizer):
+    r"""Stochastic gradient descent (optionally with momentum), as ``torch.optim.SGD``,
+    with proximal regularization fused into the same pass over memory.
+
+    .. math::
+       \begin{aligned}
+       & g_t \leftarrow \pm\nabla f(w_{t-1}) / s
+            && \text{(maximize: sign; AMP: unscale by } s)\\
+       & g_t \leftarrow g_t + \lambda_{wd} w_{t-1} && \text{(weight\_decay, coupled)}\\
+       & b_t \leftarrow g_t \text{ if } t = 1 \text{ else } \mu b_{t-1} + (1-\tau_d) g_t \\
+       & d_t \leftarrow g_t + \mu b_t \text{ (nesterov) else } b_t \\
+       & w_t \leftarrow w_{t-1} - \gamma d_t \\
+       & w_t \leftarrow \operatorname{prox}(w_t) && \text{(l1 | l0, l2, bounds; } \tau = \gamma\lambda)
+       \end{aligned}
+
+    Arguments are those of ``torch.optim.SGD`` (``lr``, ``momentum``,
+    ``dampening``, ``weight_decay``, ``nesterov``, ``maximize``, ``foreach``,
+    ``differentiable``, ``fused``) plus the regularizers ``l1``, ``l2``,
+    ``l0``, ``bounds`` (see :mod:`proxopt.regularizers`); ``prox_metric``
+    can only be ``"euclidean"``: SGD has no per-element preconditioner.
+
+    ``fused=None`` or ``True`` (default) runs the compiled kernel where it
+    applies; ``fused=False`` runs the pure-torch reference. ``foreach`` is
+    accepted for compatibility: the kernel is always multi-tensor.
+    """
+
+    _rule = reference.SGD
+    _adaptive_ok = False
+    _has_step = False
+
+    def __init__(
+        self,
+        params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        l0: float = 0.0,
+        bounds: tuple[float, float] | None = None,
+        prox_metric: str = "euclidean",
+    ) -> None:
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+            nesterov=nesterov, maximize=maximize, foreach=foreach,
+            differentiable=differentiable, fused=fused,
+            l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
+        )
+        super().__init__(params, defaults)
+
+    def _check_hyper(self, group: dict) -> None:
+        check_nonneg("momentum", group["momentum"])
+        check_nonneg("dampening", group["dampening"])
+        check_nonneg("weight_decay", group["weight_decay"])
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def _state_keys(self, group: dict) -> tuple[str, ...]:
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
+
+    def _hyper(self, group: dict) -> Hyper:
+        h = self._base_hyper(group, reference.SGD)
+        h.momentum = float(group["momentum"])
+        h.dampening = float(group["dampening"])
+        h.nesterov = bool(group["nesterov"])
+        return h
