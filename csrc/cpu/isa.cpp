@@ -6,7 +6,7 @@
 namespace proxopt::cpu {
 namespace {
 
-using Selector = ChunkFn (*)(const Hyper&, DType);
+using Selector = KernelSet (*)(const Hyper&, DType);
 
 struct Isa {
   const char* name;
@@ -16,14 +16,14 @@ struct Isa {
 
 const std::vector<Isa>& all_isas() {
   static const std::vector<Isa> isas = {
-    {"baseline", baseline::select_chunk_fn, [] { return true; }},
+    {"baseline", baseline::select_kernels, [] { return true; }},
 #if defined(__x86_64__) || defined(_M_X64)
-    {"avx2", avx2::select_chunk_fn,
+    {"avx2", avx2::select_kernels,
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
               __builtin_cpu_supports("f16c");
      }},
-    {"avx512", avx512::select_chunk_fn,
+    {"avx512", avx512::select_kernels,
      [] {
        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -82,6 +82,6 @@ void set_isa(const std::string& name) {
   g_current = isa;
 }
 
-ChunkFn select_chunk_fn(const Hyper& h, DType dtype) { return current().select(h, dtype); }
+KernelSet select_kernels(const Hyper& h, DType dtype) { return current().select(h, dtype); }
 
 }  // namespace proxopt::cpu

@@ -3,6 +3,8 @@
 // picks one at run time. The loop body is proxopt::step_element, the same
 // function the CUDA kernels call, so the math exists once.
 #include <algorithm>
+#include <cmath>
+#include <vector>
 #include <cstring>
 #if defined(__F16C__)
 #include <immintrin.h>
@@ -84,9 +86,13 @@ inline void narrow<_Float16, float>(const float* __restrict src, _Float16* __res
 }
 #endif
 
-template <class Rule, class T, class M>
-void step_range(int64_t len, const Coeffs<M>& k, T* __restrict w, const T* __restrict g,
-                T* __restrict s0, T* __restrict s1, T* __restrict s2) {
+// Steps `len` elements tile by tile: load and widen into the tile, step it,
+// store the states, and hand the new weights (still in math precision) to
+// `sink(offset, n, weights)`. Distinct __restrict pointers: tensors never
+// overlap (Python rejects aliasing), so no alias checks are needed.
+template <class Rule, class T, class M, class Sink>
+void step_range(int64_t len, const Coeffs<M>& k, const T* __restrict w, const T* __restrict g,
+                T* __restrict s0, T* __restrict s1, T* __restrict s2, Sink&& sink) {
   constexpr int S = Rule::kStates;
   T* const st[kMaxStates] = {s0, s1, s2};
   Tile<M, kTile> t;
@@ -96,50 +102,133 @@ void step_range(int64_t len, const Coeffs<M>& k, T* __restrict w, const T* __res
     widen(g + base, t.g, n);
     for (int q = 0; q < S; ++q) widen(st[q] + base, t.s[q], n);
     step_tile<Rule, M, kTile>(n, t, k);
-    narrow(t.w, w + base, n);
     for (int q = 0; q < S; ++q) narrow(t.s[q], st[q] + base, n);
+    sink(base, n, static_cast<const M*>(t.w));
   }
+}
+
+template <class T>
+struct ChunkPtrs {
+  T* w;
+  const T* g;
+  T* s[kMaxStates];
+};
+
+template <class Rule, class T>
+ChunkPtrs<T> chunk_ptrs(const CpuCall& c, int64_t t, int64_t b) {
+  constexpr int S = Rule::kStates;
+  ChunkPtrs<T> p{reinterpret_cast<T*>(c.params[t]) + b, reinterpret_cast<const T*>(c.grads[t]) + b,
+                 {nullptr, nullptr, nullptr}};
+  for (int q = 0; q < S; ++q) p.s[q] = reinterpret_cast<T*>(c.states[q][t]) + b;
+  return p;
 }
 
 template <class Rule, class T>
 void run_chunk(const CpuCall& c, const Chunk& ch) {
   using M = typename MathType<T>::type;
-  constexpr int S = Rule::kStates;
-  const int64_t t = ch.tensor, b = ch.begin;
-  auto state = [&](int j) { return j < S ? reinterpret_cast<T*>(c.states[j][t]) + b : nullptr; };
-  step_range<Rule, T, M>(ch.end - b, c.coeffs[t].template cast<M>(),
-                         reinterpret_cast<T*>(c.params[t]) + b,
-                         reinterpret_cast<const T*>(c.grads[t]) + b, state(0), state(1), state(2));
+  const auto p = chunk_ptrs<Rule, T>(c, ch.tensor, ch.begin);
+  step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[ch.tensor].template cast<M>(), p.w, p.g,
+                         p.s[0], p.s[1], p.s[2],
+                         [&](int64_t off, int n, const M* nw) { narrow(nw, p.w + off, n); });
+}
+
+// Contiguous groups (rows): each row is stepped into a math-precision
+// scratch row while its squares are summed, then scaled and stored once, in
+// one visit while the row is in cache.
+template <class Rule, class T>
+void run_rows(const CpuCall& c, const Chunk& ch) {
+  using M = typename MathType<T>::type;
+  const int64_t t = ch.tensor, inner = c.group_inner[t];
+  const Coeffs<M> k = c.coeffs[t].template cast<M>();
+  thread_local std::vector<M> scratch;
+  scratch.resize(size_t(inner));
+  M* row = scratch.data();
+  for (int64_t r = ch.begin; r < ch.end; r += inner) {
+    const auto p = chunk_ptrs<Rule, T>(c, t, r);
+    double sumsq = 0;
+    step_range<Rule, T, M>(inner, k, p.w, p.g, p.s[0], p.s[1], p.s[2],
+                           [&](int64_t off, int n, const M* nw) {
+                             double acc = 0;
+#pragma GCC ivdep
+                             for (int j = 0; j < n; ++j) {
+                               row[off + j] = nw[j];
+                               acc += double(nw[j]) * double(nw[j]);
+                             }
+                             sumsq += acc;
+                           });
+    const M f = group_factor(M(std::sqrt(sumsq)), k);
+#pragma GCC ivdep
+    for (int64_t j = 0; j < inner; ++j) row[j] = apply_group(row[j], f, k);
+    for (int64_t j = 0; j < inner; j += kTile) {
+      narrow(row + j, p.w + j, int(std::min<int64_t>(kTile, inner - j)));
+    }
+  }
+}
+
+// Strided groups, pass 1: the step, with each square added to its group's sum.
+template <class Rule, class T>
+void run_strided_pass1(const CpuCall& c, const Chunk& ch, double* sums) {
+  using M = typename MathType<T>::type;
+  const int64_t t = ch.tensor, groups = c.group_count[t], inner = c.group_inner[t];
+  const auto p = chunk_ptrs<Rule, T>(c, t, ch.begin);
+  step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[t].template cast<M>(), p.w, p.g, p.s[0],
+                         p.s[1], p.s[2], [&](int64_t off, int n, const M* nw) {
+                           narrow(nw, p.w + off, n);
+                           for (int j = 0; j < n; ++j) {
+                             const int64_t e = ch.begin + off + j;
+                             sums[(e / inner) % groups] += double(nw[j]) * double(nw[j]);
+                           }
+                         });
+}
+
+// Strided groups, pass 2: scale every element by its group's factor.
+template <class T>
+void run_strided_pass2(const CpuCall& c, const Chunk& ch, double* sums) {
+  using M = typename MathType<T>::type;
+  const int64_t t = ch.tensor, groups = c.group_count[t], inner = c.group_inner[t];
+  const Coeffs<M> k = c.coeffs[t].template cast<M>();
+  thread_local std::vector<M> factor;
+  factor.resize(size_t(groups));
+  for (int64_t q = 0; q < groups; ++q) factor[q] = group_factor(M(std::sqrt(sums[q])), k);
+  T* w = reinterpret_cast<T*>(c.params[t]);
+  for (int64_t e = ch.begin; e < ch.end; ++e) {
+    w[e] = store<T>(apply_group(load(w[e]), factor[(e / inner) % groups], k));
+  }
+}
+
+template <class Rule, class T>
+KernelSet kernels_of() {
+  return {run_chunk<Rule, T>, run_rows<Rule, T>, run_strided_pass1<Rule, T>, run_strided_pass2<T>};
 }
 
 template <class T>
-ChunkFn select_rule(const Hyper& h) {
+KernelSet select_rule(const Hyper& h) {
   switch (RuleKind(h.rule)) {
     case RuleKind::kSgd:
-      return h.momentum != 0 ? run_chunk<Sgd<true>, T> : run_chunk<Sgd<false>, T>;
+      return h.momentum != 0 ? kernels_of<Sgd<true>, T>() : kernels_of<Sgd<false>, T>();
     case RuleKind::kAdam:
-      return h.amsgrad ? run_chunk<Adam<true>, T> : run_chunk<Adam<false>, T>;
+      return h.amsgrad ? kernels_of<Adam<true>, T>() : kernels_of<Adam<false>, T>();
     case RuleKind::kAdagrad:
-      return run_chunk<Adagrad, T>;
+      return kernels_of<Adagrad, T>();
     case RuleKind::kRmsprop:
       if (h.centered) {
-        return h.momentum > 0 ? run_chunk<Rmsprop<true, true>, T> : run_chunk<Rmsprop<true, false>, T>;
+        return h.momentum > 0 ? kernels_of<Rmsprop<true, true>, T>() : kernels_of<Rmsprop<true, false>, T>();
       }
-      return h.momentum > 0 ? run_chunk<Rmsprop<false, true>, T> : run_chunk<Rmsprop<false, false>, T>;
+      return h.momentum > 0 ? kernels_of<Rmsprop<false, true>, T>() : kernels_of<Rmsprop<false, false>, T>();
   }
-  return nullptr;
+  return {};
 }
 
 }  // namespace
 
-ChunkFn select_chunk_fn(const Hyper& h, DType dtype) {
+KernelSet select_kernels(const Hyper& h, DType dtype) {
   switch (dtype) {
     case DType::kFloat32: return select_rule<float>(h);
     case DType::kFloat64: return select_rule<double>(h);
     case DType::kFloat16: return select_rule<_Float16>(h);
     case DType::kBFloat16: return select_rule<BF16>(h);
   }
-  return nullptr;
+  return {};
 }
 
 }  // namespace proxopt::cpu::PROXOPT_ISA

@@ -19,6 +19,7 @@ struct Hyper {
   double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
   double momentum = 0, dampening = 0, alpha = 0, lr_decay = 0;
   double l1 = 0, l2 = 0, l0 = 0, lo = -INFINITY, hi = INFINITY;
+  double group_lasso = 0, max_norm = 0;  // max_norm 0: no constraint
   bool maximize = false, decoupled_weight_decay = false, amsgrad = false;
   bool nesterov = false, centered = false, adaptive = false;
 };
@@ -36,9 +37,10 @@ inline int state_count(const Hyper& h) {
 }
 
 // Scalars of one tensor's step. `step` is the step count after this step's
-// increment; `fresh` marks an SGD momentum buffer that does not exist yet.
+// increment; `fresh` marks an SGD momentum buffer that does not exist yet;
+// `group_size` is the number of elements of one group (group proxes only).
 inline Coeffs<double> make_coeffs(const Hyper& h, double step, bool fresh, double grad_scale,
-                                  bool has_grad_scale) {
+                                  bool has_grad_scale, double group_size) {
   Coeffs<double> k{};
   uint32_t f = 0;
   double lr = h.lr;  // the lr the prox thresholds scale with
@@ -90,6 +92,10 @@ inline Coeffs<double> make_coeffs(const Hyper& h, double step, bool fresh, doubl
   if (h.l2 != 0) f |= kL2;
   if (std::isfinite(h.lo) || std::isfinite(h.hi)) f |= kBounds;
   if (h.adaptive) f |= kAdaptive;
+  if (h.group_lasso != 0) f |= kGroupLasso;
+  if (h.max_norm != 0) f |= kMaxNorm;
+  k.group_tau = lr * h.group_lasso * std::sqrt(group_size);
+  k.max_norm = h.max_norm;
   k.l1_tau = lr * h.l1;
   k.l0_tau = lr * h.l0;
   k.l2_tau = lr * h.l2;

@@ -34,8 +34,11 @@ enum Flag : uint32_t {
   kL2 = 1u << 8,
   kBounds = 1u << 9,
   kAdaptive = 1u << 10,    // prox_metric="adaptive": tau_i = lr*lambda / denom_i
+  kGroupLasso = 1u << 11,  // block soft threshold of each group
+  kMaxNorm = 1u << 12,     // projection of each group onto the ball of radius max_norm
 };
 constexpr uint32_t kElementwiseProx = kL1 | kL0 | kL2 | kBounds;
+constexpr uint32_t kGroupProx = kGroupLasso | kMaxNorm;
 
 // The scalars of one tensor's step, computed once on the host in double
 // (coeffs.h) and rounded once to the math type M.
@@ -52,6 +55,8 @@ struct Coeffs {
   M alpha, one_minus_alpha;            // RMSprop smoothing
   M l1_tau, l0_tau, l2_tau;            // lr * lambda of each elementwise prox
   M lo, hi;                            // bounds
+  M group_tau;                         // lr * group_lasso * sqrt(group size)
+  M max_norm;
   uint32_t flags;
 
   template <class N>
@@ -59,7 +64,7 @@ struct Coeffs {
     return Coeffs<N>{N(neg_step), N(grad_scale), N(wd), N(decay), N(beta1_weight), N(beta2),
                      N(one_minus_beta2), N(bc2_sqrt), N(eps), N(momentum), N(one_minus_dampening),
                      N(alpha), N(one_minus_alpha), N(l1_tau), N(l0_tau), N(l2_tau), N(lo), N(hi),
-                     flags};
+                     N(group_tau), N(max_norm), flags};
   }
 };
 
@@ -241,7 +246,33 @@ PROXOPT_HD void prox_elementwise(int n, Tile<M, N>& t, const Coeffs<M>& k, bool 
     if (adaptive) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = ridge(t.w[j], k.l2_tau / t.denom[j]);
     else PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = ridge(t.w[j], k.l2_tau);
   }
-  if (k.flags & kBounds) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = clamp(t.w[j], k.lo, k.hi);
+  // With a group prox the clamp comes last, after the group scaling (apply_group).
+  if ((k.flags & kBounds) && !(k.flags & kGroupProx)) {
+    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = clamp(t.w[j], k.lo, k.hi);
+  }
+}
+
+// ---- group proxes: one factor per group, from the norm of its updated weights
+
+// Group soft threshold max(0, 1 - tau/||w_g||) (0 when ||w_g|| = 0), then the
+// max-norm projection min(1, c/||w_g||) of the shrunk group, whose norm is
+// ||w_g|| times the first factor. NaN norms propagate.
+template <class M>
+PROXOPT_HD M group_factor(M norm, const Coeffs<M>& k) {
+  M f = M(1);
+  if (k.flags & kGroupLasso) f = (norm <= k.group_tau) ? M(0) : M(1) - k.group_tau / norm;
+  if (k.flags & kMaxNorm) {
+    const M shrunk = norm * f;
+    if (shrunk > k.max_norm) f = f * (k.max_norm / shrunk);
+  }
+  return f;
+}
+
+// Scale a group by its factor, then clamp to the bounds (the last step).
+template <class M>
+PROXOPT_HD M apply_group(M w, M factor, const Coeffs<M>& k) {
+  w = w * factor;
+  return (k.flags & kBounds) ? clamp(w, k.lo, k.hi) : w;
 }
 
 // One step of one tile: the whole order of operations of DESIGN.md, except

@@ -6,9 +6,11 @@ in a C++ kernel, and L1 gives exact zeros.
 """
 
 from ._backend import backend_info, has_cpu_kernels, set_simd_level, simd_level, simd_levels
+from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .optimizer import ProxOptimizer
 from .penalties import elastic_net_penalty, l1_penalty, l2_penalty
+from .rmsprop import RMSprop
 from .sgd import SGD
 
 __version__ = "0.1.0"
@@ -17,6 +19,8 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Adagrad",
+    "RMSprop",
     "ProxOptimizer",
     "backend_info",
     "has_cpu_kernels",

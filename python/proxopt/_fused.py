@@ -12,7 +12,8 @@ from .reference import Hyper
 DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 STEP_DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-_HYPER_FIELDS = tuple(Hyper.__dataclass_fields__)
+# Hyper fields the kernels take (group_dim is turned into per-tensor group shapes).
+_HYPER_FIELDS = tuple(f for f in Hyper.__dataclass_fields__ if f != "group_dim")
 
 
 def kernel_dtype(t: Tensor) -> torch.dtype | None:
@@ -54,6 +55,7 @@ def cpu_step(
     fresh: list[bool],
     grad_scale: Tensor | None,
     found_inf: Tensor | None,
+    group_shapes: list[tuple[int, int, int]] | None = None,
 ) -> bool:
     """One kernel call over tensors of one dtype; False if found_inf skipped it."""
     dtype = kernel_dtype(params[0])
@@ -71,5 +73,6 @@ def cpu_step(
         fresh,
         grad_scale.data_ptr() if grad_scale is not None else 0,
         found_inf.data_ptr() if found_inf is not None else 0,
+        group_shapes or [],
         torch.get_num_threads(),
     )

@@ -65,6 +65,10 @@ class Adam(ProxOptimizer):
         l0: float = 0.0,
         bounds: tuple[float, float] | None = None,
         prox_metric: str = "euclidean",
+        group_lasso: float = 0.0,
+        group_dim: int = 0,
+        max_norm: float | None = None,
+        max_norm_dim: int = 0,
     ) -> None:
         defaults = dict(
             lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
@@ -72,6 +76,7 @@ class Adam(ProxOptimizer):
             differentiable=differentiable, fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
             l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
+            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
         )
         super().__init__(params, defaults)
 
@@ -120,12 +125,17 @@ class AdamW(Adam):
         l0: float = 0.0,
         bounds: tuple[float, float] | None = None,
         prox_metric: str = "euclidean",
+        group_lasso: float = 0.0,
+        group_dim: int = 0,
+        max_norm: float | None = None,
+        max_norm_dim: int = 0,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
             l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
+            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
         )
 
     def __setstate__(self, state: dict) -> None:

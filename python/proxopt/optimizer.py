@@ -19,7 +19,15 @@ from torch.optim import Optimizer
 
 from . import _fused, reference
 from .reference import Hyper
-from .regularizers import REGULARIZER_DEFAULTS, bounds_of, has_prox, validate_regularizers
+from .regularizers import (
+    REGULARIZER_DEFAULTS,
+    bounds_of,
+    group_dim_of,
+    group_shape,
+    has_group_prox,
+    has_prox,
+    validate_regularizers,
+)
 
 Prepared = tuple  # (param, grad, states, step, fresh, commit)
 
@@ -95,6 +103,9 @@ class ProxOptimizer(Optimizer):
 
     def _check_params(self, group: dict) -> None:
         prox = has_prox(group)
+        if has_group_prox(group):
+            for i, p in enumerate(group["params"]):
+                self._check_group_param(group, i, p)
         spans: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         for i, p in enumerate(group["params"]):
             if not (p.is_floating_point() or p.is_complex()):
@@ -116,6 +127,18 @@ class ProxOptimizer(Optimizer):
                         f"{self._label(group, i0)} and {self._label(group, i1)} overlap in memory: "
                         "a step would update the shared elements twice"
                     )
+
+    def _check_group_param(self, group: dict, i: int, p: Tensor) -> None:
+        dim = group_dim_of(group)
+        key = "group_dim" if group["group_lasso"] else "max_norm_dim"
+        if p.dim() < 2:
+            raise ValueError(
+                f"{self._label(group, i)} has {p.dim()} dimension(s): group_lasso/max_norm need a "
+                "weight matrix or conv kernel; put biases and norm weights in a param group without "
+                "group regularizers (proxopt.param_groups(model, ...) does this)"
+            )
+        if not -p.dim() <= dim < p.dim():
+            raise ValueError(f"Invalid {key} value: {dim} for {self._label(group, i)} of shape {tuple(p.shape)}")
 
     @staticmethod
     def _label(group: dict, i: int) -> str:
@@ -209,6 +232,7 @@ class ProxOptimizer(Optimizer):
     def _plan(self, group: dict) -> tuple[dict, list[tuple[Tensor, Tensor]]]:
         self._check_group(group)
         prox = has_prox(group)
+        grouped = has_group_prox(group)
         name = type(self).__name__
         items = []
         for i, p in enumerate(group["params"]):
@@ -224,6 +248,8 @@ class ProxOptimizer(Optimizer):
                 )
             if prox and p.is_complex():
                 raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
+            if grouped:
+                self._check_group_param(group, i, p)
             items.append((p, g))
         return group, items
 
@@ -255,8 +281,10 @@ class ProxOptimizer(Optimizer):
                 buckets[(_fused.kernel_dtype(p), step.dtype if step is not None else None)].append(entry)
             else:
                 slow.append(entry)
+        gdim = group_dim_of(group) if h.has_group else None
         for entries in buckets.values():
             p, g, states, steps, fresh, _ = zip(*entries)
+            shapes = [group_shape(tuple(x.shape), gdim) for x in p] if gdim is not None else None
             _fused.cpu_step(
                 h,
                 list(p),
@@ -266,6 +294,7 @@ class ProxOptimizer(Optimizer):
                 list(fresh),
                 grad_scale,
                 None,
+                shapes,
             )
         for p, g, states, step, fresh, _ in slow:
             reference.step_tensor(h, p, g, states, step, fresh=fresh, grad_scale=grad_scale)
@@ -289,6 +318,9 @@ class ProxOptimizer(Optimizer):
             lo=lo,
             hi=hi,
             adaptive=group["prox_metric"] == "adaptive",
+            group_lasso=float(group["group_lasso"]),
+            max_norm=float(group["max_norm"] or 0.0),
+            group_dim=group_dim_of(group),
         )
 
 

@@ -10,8 +10,9 @@ operations (DESIGN.md):
 3. the rule's state update and direction d;
 4. w ← w·(1 − lr·weight_decay) where weight decay is decoupled (AdamW);
 5. w ← w − step·d;
-6. the elementwise prox: L1 soft threshold or L0 hard threshold, then ridge,
-   then the clamp to ``bounds``.
+6. the prox: L1 soft threshold or L0 hard threshold, then ridge, then the
+   group soft threshold, then the max-norm projection, then the clamp to
+   ``bounds``.
 
 Arithmetic runs in float32 for float16/bfloat16 tensors (float64 for
 float64), as torch's fused optimizers do; results are stored back once.
@@ -53,6 +54,13 @@ class Hyper:
     nesterov: bool = False
     centered: bool = False
     adaptive: bool = False
+    group_lasso: float = 0.0
+    max_norm: float = 0.0  # 0: no constraint
+    group_dim: int = 0  # the dim group_lasso and max_norm act along (Python side only)
+
+    @property
+    def has_group(self) -> bool:
+        return self.group_lasso != 0 or self.max_norm != 0
 
 
 # ---- proximal operators: each is argmin_x ½‖x − w‖² + τ·R(x) --------------
@@ -93,6 +101,36 @@ def prox_elementwise(h: Hyper, lr: float, w: Tensor, denom: Tensor | None) -> Te
         w = hard_threshold(w, tau(h.l0))
     if h.l2:
         w = ridge(w, tau(h.l2))
+    if (math.isfinite(h.lo) or math.isfinite(h.hi)) and not h.has_group:
+        w = project_bounds(w, h.lo, h.hi)
+    return w
+
+
+def group_factor(norm: Tensor, group_tau: float, max_norm: float) -> Tensor:
+    """Per-group scale factor from the group norms ‖w_g‖₂:
+    the block soft threshold max(0, 1 − τ_g/‖w_g‖) (prox of τ_g‖w_g‖₂; 0 when
+    ‖w_g‖ = 0), then the projection onto ‖w_g‖ ≤ c of the shrunk group."""
+    f = torch.ones_like(norm)
+    if group_tau:
+        f = torch.where(norm <= group_tau, torch.zeros_like(norm), 1 - group_tau / norm)
+    if max_norm:
+        shrunk = norm * f
+        f = torch.where(shrunk > max_norm, f * (max_norm / shrunk), f)
+    return f
+
+
+def prox_group(h: Hyper, lr: float, w: Tensor) -> Tensor:
+    """Step 6 for the group proxes (group lasso with τ_g = lr·λ·√|g|, then
+    max-norm), groups being the slices along ``h.group_dim``; then bounds."""
+    shape = w.shape
+    dim = h.group_dim % w.dim()
+    outer, groups = math.prod(shape[:dim]), shape[dim]
+    w3 = w.reshape(outer, groups, -1)
+    size = outer * w3.shape[2]
+    # Norms summed in float64, as the kernels do, then rounded to the math dtype.
+    norm = torch.linalg.vector_norm(w3.double(), dim=(0, 2)).to(w.dtype)
+    f = group_factor(norm, lr * h.group_lasso * math.sqrt(size), h.max_norm)
+    w = (w3 * f[None, :, None]).reshape(shape)
     if math.isfinite(h.lo) or math.isfinite(h.hi):
         w = project_bounds(w, h.lo, h.hi)
     return w
@@ -201,6 +239,8 @@ def step_tensor(
         g = g.add(w, alpha=h.weight_decay)
     w, denom, lr = _RULES[h.rule](h, w, g, s, t, fresh)
     w_new = prox_elementwise(h, lr, w, denom)
+    if h.has_group:
+        w_new = prox_group(h, lr, w_new)
     # Store results where the arithmetic did not run in place.
     real_param = torch.view_as_real(param) if param.is_complex() else param
     if w_new is not real_param:

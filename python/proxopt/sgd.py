@@ -57,12 +57,17 @@ class SGD(ProxOptimizer):
         l0: float = 0.0,
         bounds: tuple[float, float] | None = None,
         prox_metric: str = "euclidean",
+        group_lasso: float = 0.0,
+        group_dim: int = 0,
+        max_norm: float | None = None,
+        max_norm_dim: int = 0,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach,
             differentiable=differentiable, fused=fused,
             l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
+            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
         )
         super().__init__(params, defaults)
 
