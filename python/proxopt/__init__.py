@@ -8,10 +8,12 @@ in a C++ kernel, and L1 gives exact zeros.
 from ._backend import backend_info, has_cpu_kernels, set_simd_level, simd_level, simd_levels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .groups import param_groups
 from .optimizer import ProxOptimizer
 from .penalties import elastic_net_penalty, l1_penalty, l2_penalty
 from .rmsprop import RMSprop
 from .sgd import SGD
+from .sparsity import SparsityReport, sparsity
 
 __version__ = "0.1.0"
 
@@ -22,6 +24,9 @@ __all__ = [
     "Adagrad",
     "RMSprop",
     "ProxOptimizer",
+    "param_groups",
+    "sparsity",
+    "SparsityReport",
     "backend_info",
     "has_cpu_kernels",
     "simd_level",
