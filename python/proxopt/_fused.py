@@ -76,3 +76,28 @@ def cpu_step(
         group_shapes or [],
         torch.get_num_threads(),
     )
+
+
+def has_cpu_kernels() -> bool:
+    return _backend._C is not None
+
+
+def cpu_step_ptrs(
+    h: Hyper,
+    dtype_code: int,
+    params: list[int],
+    grads: list[int],
+    states: list[list[int]],
+    steps: list[int],
+    step_code: int,
+    numels: list[int],
+    fresh: list[bool],
+    grad_scale: Tensor | None,
+    group_shapes: list[tuple[int, int, int]] | None,
+) -> bool:
+    """The kernel call on pointer lists the optimizer already gathered."""
+    return _backend._C.step(
+        to_c(h), dtype_code, params, grads, states, steps, step_code, numels, fresh,
+        grad_scale.data_ptr() if grad_scale is not None else 0, 0, group_shapes or [],
+        torch.get_num_threads(),
+    )

@@ -79,6 +79,7 @@ class ProxOptimizer(Optimizer):
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, {**defaults, **{k: v for k, v in REGULARIZER_DEFAULTS.items() if k not in defaults}})
+        self._entries: dict[Tensor, tuple] = {}  # per-parameter kernel arguments, see _kernel_entry
         if not hasattr(self, "_step_supports_amp_scaling"):
             # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
             self._step_supports_amp_scaling = True
@@ -147,6 +148,7 @@ class ProxOptimizer(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self._entries = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -254,7 +256,7 @@ class ProxOptimizer(Optimizer):
         return group, items
 
     def _prepare(self, p: Tensor, group: dict, keys: tuple[str, ...]):
-        """The state of one parameter for this step: (states, step, fresh, commit).
+        """The state of one parameter for this step: (states, step, commit).
         ``commit`` holds state created this step, stored only after the step ran."""
         state = self.state[p]
         if self._has_step and "step" not in state:
@@ -265,42 +267,70 @@ class ProxOptimizer(Optimizer):
         for key in keys:
             if key not in state:  # SGD's momentum buffer: created from the first direction
                 commit[key] = torch.empty_like(p, memory_format=torch.preserve_format)
-        states = [commit[k] if k in commit else state[k] for k in keys]
-        return states, state.get("step"), bool(commit), commit
+        states = tuple(commit[k] if k in commit else state[k] for k in keys)
+        return states, state.get("step"), commit
+
+    def _kernel_entry(self, p: Tensor, g: Tensor, keys: tuple[str, ...]):
+        """What the kernel call needs of one parameter whose state exists, or
+        None when the reference must take it. Cached per parameter while its
+        data pointer and the identity of its state tensors hold."""
+        st = self.state.get(p)
+        cached = self._entries.get(p)
+        if (
+            cached is not None
+            and cached[0] == p.data_ptr()
+            and cached[1] is st.get("step")
+            and len(keys) == len(cached[2])
+            and all(st.get(k) is t for k, t in zip(keys, cached[2]))
+        ):
+            return cached if g.is_contiguous() else None
+        states = tuple(st[k] for k in keys)
+        entry = _entry(p, g, states, st.get("step"))
+        if entry is None:
+            self._entries.pop(p, None)
+        else:
+            self._entries[p] = entry
+        return entry
 
     def _step_group(self, group: dict, items: list[tuple[Tensor, Tensor]], grad_scale: Tensor | None) -> None:
         h = self._hyper(group)
         keys = self._state_keys(group)
-        use_kernel = group.get("fused") is not False
-        buckets: dict[tuple, list] = defaultdict(list)
-        slow = []
-        for p, g in items:
-            states, step, fresh, commit = self._prepare(p, group, keys)
-            entry = (p, g, states, step, fresh, commit)
-            if use_kernel and _fused.cpu_kernel_takes(p, g, states, step):
-                buckets[(_fused.kernel_dtype(p), step.dtype if step is not None else None)].append(entry)
-            else:
-                slow.append(entry)
+        use_kernel = group.get("fused") is not False and _fused.has_cpu_kernels()
         gdim = group_dim_of(group) if h.has_group else None
-        for entries in buckets.values():
-            p, g, states, steps, fresh, _ = zip(*entries)
-            shapes = [group_shape(tuple(x.shape), gdim) for x in p] if gdim is not None else None
-            _fused.cpu_step(
-                h,
-                list(p),
-                list(g),
-                [[s[k] for s in states] for k in range(len(keys))],
-                list(steps) if self._has_step else None,
-                list(fresh),
-                grad_scale,
-                None,
-                shapes,
+        buckets: dict[tuple[int, int], _Bucket] = {}  # one kernel call per (dtype, step dtype)
+        slow, commits = [], []
+        for p, g in items:
+            ready = p in self._entries or self._state_ready(p, keys)
+            entry = self._kernel_entry(p, g, keys) if (ready and use_kernel) else None
+            fresh = False
+            if entry is None:
+                states, step, commit = self._prepare(p, group, keys)  # creates missing state
+                if commit:  # SGD's first momentum step: the buffer is stored once the step ran
+                    commits.append((p, commit))
+                    fresh = True
+                if use_kernel and not ready:
+                    entry = _entry(p, g, states, step) if fresh else self._kernel_entry(p, g, keys)
+                if entry is None:
+                    slow.append((p, g, states, step, fresh))
+                    continue
+            key = (entry[5], entry[7])
+            bucket = buckets.get(key)
+            if bucket is None:
+                bucket = buckets[key] = _Bucket(len(keys))
+            bucket.add(entry, g, fresh, group_shape(tuple(p.shape), gdim) if gdim is not None else None)
+        for (dtype_code, step_code), b in buckets.items():
+            _fused.cpu_step_ptrs(
+                h, dtype_code, b.params, b.grads, b.states, b.steps if self._has_step else [],
+                step_code, b.numels, b.fresh, grad_scale, b.shapes if gdim is not None else None,
             )
-        for p, g, states, step, fresh, _ in slow:
-            reference.step_tensor(h, p, g, states, step, fresh=fresh, grad_scale=grad_scale)
-        for p, _, _, _, _, commit in [*[e for es in buckets.values() for e in es], *slow]:
-            if commit:
-                self.state[p].update(commit)
+        for p, g, states, step, fresh in slow:
+            reference.step_tensor(h, p, g, list(states), step, fresh=fresh, grad_scale=grad_scale)
+        for p, commit in commits:
+            self.state[p].update(commit)
+
+    def _state_ready(self, p: Tensor, keys: tuple[str, ...]) -> bool:
+        st = self.state.get(p)
+        return bool(st) and (not self._has_step or "step" in st) and all(k in st for k in keys)
 
     # ---- helpers for subclasses --------------------------------------------
 
@@ -322,6 +352,46 @@ class ProxOptimizer(Optimizer):
             max_norm=float(group["max_norm"] or 0.0),
             group_dim=group_dim_of(group),
         )
+
+
+def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None):
+    """The kernel arguments of one parameter: (param ptr, step, states, state
+    ptrs, numel, dtype code, step ptr, step dtype code), or None if the kernel
+    cannot take it."""
+    if not _fused.cpu_kernel_takes(p, g, list(states), step):
+        return None
+    return (
+        p.data_ptr(),
+        step,
+        states,
+        [t.data_ptr() for t in states],
+        p.numel() * (2 if p.is_complex() else 1),  # complex: its real view
+        _fused.DTYPE_CODES[_fused.kernel_dtype(p)],
+        step.data_ptr() if step is not None else 0,
+        _fused.STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
+    )
+
+
+class _Bucket:
+    """Pointer lists of one kernel call."""
+
+    __slots__ = ("params", "grads", "states", "steps", "numels", "fresh", "shapes", "alive")
+
+    def __init__(self, nstates: int) -> None:
+        self.params, self.grads, self.steps, self.numels = [], [], [], []
+        self.fresh, self.shapes, self.alive = [], [], []
+        self.states = [[] for _ in range(nstates)]
+
+    def add(self, entry: tuple, g: Tensor, fresh: bool, shape: tuple | None) -> None:
+        self.params.append(entry[0])
+        self.grads.append(g.data_ptr())
+        for lst, ptr in zip(self.states, entry[3]):
+            lst.append(ptr)
+        self.steps.append(entry[6])
+        self.numels.append(entry[4])
+        self.fresh.append(fresh)
+        self.shapes.append(shape)
+        self.alive.append(g)  # the grad stays alive until the call returns
 
 
 def _default_step_dtype() -> torch.dtype:
