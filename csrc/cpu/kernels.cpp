@@ -4,6 +4,7 @@
 // function the CUDA kernels call, so the math exists once.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 #include <cstring>
 #if defined(__F16C__)
@@ -86,25 +87,69 @@ inline void narrow<_Float16, float>(const float* __restrict src, _Float16* __res
 }
 #endif
 
-// Steps `len` elements tile by tile: load and widen into the tile, step it,
-// store the states, and hand the new weights (still in math precision) to
-// `sink(offset, n, weights)`. Distinct __restrict pointers: tensors never
-// overlap (Python rejects aliasing), so no alias checks are needed.
+// A tile whose weights and states are the tensors' own memory (float32 and
+// float64: storage is the math type), so no copies in and out; the gradient
+// is copied, since the step rewrites it in place and must not touch .grad.
+template <class M>
+struct DirectTile {
+  M* w;
+  M g[kTile];
+  M* s[kMaxStates];
+  M denom[kTile];
+};
+
+// Steps `len` elements tile by tile and hands the new weights (math
+// precision) to `sink(offset, n, weights)`; with a DirectTile they are
+// already in the tensor. Tensors never overlap (Python rejects aliasing).
 template <class Rule, class T, class M, class Sink>
-void step_range(int64_t len, const Coeffs<M>& k, const T* __restrict w, const T* __restrict g,
+void step_range(int64_t len, const Coeffs<M>& k, T* __restrict w, const T* __restrict g,
                 T* __restrict s0, T* __restrict s1, T* __restrict s2, Sink&& sink) {
   constexpr int S = Rule::kStates;
   T* const st[kMaxStates] = {s0, s1, s2};
-  Tile<M, kTile> t;
-  for (int64_t base = 0; base < len; base += kTile) {
-    const int n = int(std::min<int64_t>(kTile, len - base));
-    widen(w + base, t.w, n);
-    widen(g + base, t.g, n);
-    for (int q = 0; q < S; ++q) widen(st[q] + base, t.s[q], n);
-    step_tile<Rule, M, kTile>(n, t, k);
-    for (int q = 0; q < S; ++q) narrow(t.s[q], st[q] + base, n);
-    sink(base, n, static_cast<const M*>(t.w));
+  if constexpr (std::is_same_v<T, M>) {
+    DirectTile<M> t;
+    for (int64_t base = 0; base < len; base += kTile) {
+      const int n = int(std::min<int64_t>(kTile, len - base));
+      t.w = w + base;
+      for (int q = 0; q < S; ++q) t.s[q] = st[q] + base;
+      widen(g + base, t.g, n);
+      step_tile<Rule>(n, t, k);
+      sink(base, n, static_cast<const M*>(t.w));
+    }
+  } else {
+    Tile<M, kTile> t;
+    for (int64_t base = 0; base < len; base += kTile) {
+      const int n = int(std::min<int64_t>(kTile, len - base));
+      widen(w + base, t.w, n);
+      widen(g + base, t.g, n);
+      for (int q = 0; q < S; ++q) widen(st[q] + base, t.s[q], n);
+      step_tile<Rule>(n, t, k);
+      for (int q = 0; q < S; ++q) narrow(t.s[q], st[q] + base, n);
+      sink(base, n, static_cast<const M*>(t.w));
+    }
   }
+}
+
+// Stores new weights unless the tile already wrote them in place.
+template <class T, class M>
+inline void store_weights(const M* nw, T* dst, int n) {
+  if constexpr (!std::is_same_v<T, M>) narrow(nw, dst, n);
+}
+
+// Sum of squares in double over independent lanes, so it vectorizes without
+// reassociating one long chain.
+template <class M>
+double sum_squares(const M* x, int n) {
+  constexpr int L = 16;
+  double lane[L] = {};
+  int j = 0;
+  for (; j + L <= n; j += L) {
+    for (int l = 0; l < L; ++l) lane[l] += double(x[j + l]) * double(x[j + l]);
+  }
+  for (; j < n; ++j) lane[0] += double(x[j]) * double(x[j]);
+  double s = 0;
+  for (int l = 0; l < L; ++l) s += lane[l];
+  return s;
 }
 
 template <class T>
@@ -129,7 +174,7 @@ void run_chunk(const CpuCall& c, const Chunk& ch) {
   const auto p = chunk_ptrs<Rule, T>(c, ch.tensor, ch.begin);
   step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[ch.tensor].template cast<M>(), p.w, p.g,
                          p.s[0], p.s[1], p.s[2],
-                         [&](int64_t off, int n, const M* nw) { narrow(nw, p.w + off, n); });
+                         [&](int64_t off, int n, const M* nw) { store_weights(nw, p.w + off, n); });
 }
 
 // Contiguous groups (rows): each row is stepped into a math-precision
@@ -148,17 +193,10 @@ void run_rows(const CpuCall& c, const Chunk& ch) {
     double sumsq = 0;
     step_range<Rule, T, M>(inner, k, p.w, p.g, p.s[0], p.s[1], p.s[2],
                            [&](int64_t off, int n, const M* nw) {
-                             double acc = 0;
-#pragma GCC ivdep
-                             for (int j = 0; j < n; ++j) {
-                               row[off + j] = nw[j];
-                               acc += double(nw[j]) * double(nw[j]);
-                             }
-                             sumsq += acc;
+                             std::copy(nw, nw + n, row + off);
+                             sumsq += sum_squares(nw, n);
                            });
-    const M f = group_factor(M(std::sqrt(sumsq)), k);
-#pragma GCC ivdep
-    for (int64_t j = 0; j < inner; ++j) row[j] = apply_group(row[j], f, k);
+    apply_group(inner, row, group_factor(M(std::sqrt(sumsq)), k), k);
     for (int64_t j = 0; j < inner; j += kTile) {
       narrow(row + j, p.w + j, int(std::min<int64_t>(kTile, inner - j)));
     }
@@ -173,7 +211,7 @@ void run_strided_pass1(const CpuCall& c, const Chunk& ch, double* sums) {
   const auto p = chunk_ptrs<Rule, T>(c, t, ch.begin);
   step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[t].template cast<M>(), p.w, p.g, p.s[0],
                          p.s[1], p.s[2], [&](int64_t off, int n, const M* nw) {
-                           narrow(nw, p.w + off, n);
+                           store_weights(nw, p.w + off, n);
                            for (int j = 0; j < n; ++j) {
                              const int64_t e = ch.begin + off + j;
                              sums[(e / inner) % groups] += double(nw[j]) * double(nw[j]);
@@ -192,7 +230,9 @@ void run_strided_pass2(const CpuCall& c, const Chunk& ch, double* sums) {
   for (int64_t q = 0; q < groups; ++q) factor[q] = group_factor(M(std::sqrt(sums[q])), k);
   T* w = reinterpret_cast<T*>(c.params[t]);
   for (int64_t e = ch.begin; e < ch.end; ++e) {
-    w[e] = store<T>(apply_group(load(w[e]), factor[(e / inner) % groups], k));
+    M v = load(w[e]);
+    apply_group(1, &v, factor[(e / inner) % groups], k);
+    w[e] = store<T>(v);
   }
 }
 

@@ -114,7 +114,10 @@ PROXOPT_HD M clamp(M w, M lo, M hi) {
 // Every switch in Coeffs::flags guards a whole loop over the tile, never a
 // branch inside one: the CPU (N = a few hundred, in L1) gets branch-free
 // vectorizable loops, CUDA (N = a few registers per thread) uniform branches.
-// `n <= N` elements are live.
+// `n <= N` elements are live. A tile is any type with members w, g, s[3] and
+// denom indexable by j: arrays (Tile below) or pointers into memory (the CPU
+// points w and s straight at float32/float64 tensors; g is always a copy,
+// since the gradient is never written).
 
 #if defined(__CUDACC__)
 #define PROXOPT_TILE_LOOP _Pragma("unroll") for
@@ -131,8 +134,8 @@ struct Tile {
 };
 
 // g <- grad / grad_scale, negated if maximize, plus coupled weight decay.
-template <class M, int N>
-PROXOPT_HD void prepare_grad(int n, Tile<M, N>& t, const Coeffs<M>& k) {
+template <class M, class TileT>
+PROXOPT_HD void prepare_grad(int n, TileT& t, const Coeffs<M>& k) {
   if (k.flags & kGradScale) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = t.g[j] / k.grad_scale;
   if (k.flags & kMaximize) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = -t.g[j];
   if (k.flags & kCoupledWd) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = t.g[j] + k.wd * t.w[j];
@@ -146,10 +149,10 @@ template <bool Momentum>
 struct Sgd {
   static constexpr int kStates = Momentum ? 1 : 0;  // momentum_buffer
   static constexpr bool kHasDenom = false;
-  template <class M, int N>
-  PROXOPT_HD static void update(int n, Tile<M, N>& t, const Coeffs<M>& k) {
+  template <class M, class TileT>
+  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
     if constexpr (Momentum) {
-      M* buf = t.s[0];
+      M* buf = &t.s[0][0];
       if (k.flags & kFreshBuf) {
         PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) buf[j] = t.g[j];
       } else {
@@ -169,9 +172,9 @@ template <bool Amsgrad>
 struct Adam {
   static constexpr int kStates = Amsgrad ? 3 : 2;  // exp_avg, exp_avg_sq, max_exp_avg_sq
   static constexpr bool kHasDenom = true;
-  template <class M, int N>
-  PROXOPT_HD static void update(int n, Tile<M, N>& t, const Coeffs<M>& k) {
-    M *m = t.s[0], *v = t.s[1], *vmax = t.s[2];
+  template <class M, class TileT>
+  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
+    M *m = &t.s[0][0], *v = &t.s[1][0], *vmax = &t.s[2][0];
     PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) {
       m[j] = lerp(m[j], t.g[j], k.beta1_weight);
       v[j] = v[j] * k.beta2 + k.one_minus_beta2 * t.g[j] * t.g[j];
@@ -190,9 +193,9 @@ struct Adam {
 struct Adagrad {
   static constexpr int kStates = 1;  // sum
   static constexpr bool kHasDenom = true;
-  template <class M, int N>
-  PROXOPT_HD static void update(int n, Tile<M, N>& t, const Coeffs<M>& k) {
-    M* sum = t.s[0];
+  template <class M, class TileT>
+  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
+    M* sum = &t.s[0][0];
     PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) {
       sum[j] = sum[j] + t.g[j] * t.g[j];
       t.denom[j] = std::sqrt(sum[j]) + k.eps;
@@ -206,9 +209,9 @@ struct Rmsprop {
   // square_avg, then momentum_buffer (if momentum), then grad_avg (if centered)
   static constexpr int kStates = 1 + int(Momentum) + int(Centered);
   static constexpr bool kHasDenom = true;
-  template <class M, int N>
-  PROXOPT_HD static void update(int n, Tile<M, N>& t, const Coeffs<M>& k) {
-    M *sq = t.s[0], *buf = t.s[1], *gavg = t.s[1 + int(Momentum)];
+  template <class M, class TileT>
+  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
+    M *sq = &t.s[0][0], *buf = &t.s[1][0], *gavg = &t.s[1 + int(Momentum)][0];
     PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) {
       sq[j] = sq[j] * k.alpha + k.one_minus_alpha * t.g[j] * t.g[j];
       M avg;
@@ -231,8 +234,8 @@ struct Rmsprop {
 
 // ---- the elementwise prox, in DESIGN order: L1 or L0, ridge, bounds --------
 
-template <class M, int N>
-PROXOPT_HD void prox_elementwise(int n, Tile<M, N>& t, const Coeffs<M>& k, bool has_denom) {
+template <class M, class TileT>
+PROXOPT_HD void prox_elementwise(int n, TileT& t, const Coeffs<M>& k, bool has_denom) {
   // Euclidean metric: tau = lr * lambda; adaptive: tau_i = lr * lambda / denom_i.
   const bool adaptive = has_denom && (k.flags & kAdaptive);
   if (k.flags & kL1) {
@@ -268,17 +271,18 @@ PROXOPT_HD M group_factor(M norm, const Coeffs<M>& k) {
   return f;
 }
 
-// Scale a group by its factor, then clamp to the bounds (the last step).
+// Scale n weights of one group by its factor, then clamp to the bounds (the
+// last step of all).
 template <class M>
-PROXOPT_HD M apply_group(M w, M factor, const Coeffs<M>& k) {
-  w = w * factor;
-  return (k.flags & kBounds) ? clamp(w, k.lo, k.hi) : w;
+PROXOPT_HD void apply_group(int64_t n, M* w, M factor, const Coeffs<M>& k) {
+  PROXOPT_TILE_LOOP (int64_t j = 0; j < n; ++j) w[j] = w[j] * factor;
+  if (k.flags & kBounds) PROXOPT_TILE_LOOP (int64_t j = 0; j < n; ++j) w[j] = clamp(w[j], k.lo, k.hi);
 }
 
 // One step of one tile: the whole order of operations of DESIGN.md, except
 // the group proxes, which need a norm over a whole group (drivers apply them).
-template <class Rule, class M, int N>
-PROXOPT_HD void step_tile(int n, Tile<M, N>& t, const Coeffs<M>& k) {
+template <class Rule, class M, class TileT>
+PROXOPT_HD void step_tile(int n, TileT& t, const Coeffs<M>& k) {
   prepare_grad(n, t, k);
   Rule::update(n, t, k);
   if (k.flags & kElementwiseProx) prox_elementwise(n, t, k, Rule::kHasDenom);
