@@ -79,7 +79,7 @@ class ProxOptimizer(Optimizer):
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, {**defaults, **{k: v for k, v in REGULARIZER_DEFAULTS.items() if k not in defaults}})
-        self._entries: dict[Tensor, tuple] = {}  # per-parameter kernel arguments, see _kernel_entry
+        self._entries: dict[int, tuple] = {}  # id(param) -> kernel arguments, see _kernel_entry
         if not hasattr(self, "_step_supports_amp_scaling"):
             # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
             self._step_supports_amp_scaling = True
@@ -248,9 +248,12 @@ class ProxOptimizer(Optimizer):
                     f"{self._label(group, i)}: its grad has shape {tuple(g.shape)}, dtype {g.dtype}, device "
                     f"{g.device}; the parameter has {tuple(p.shape)}, {p.dtype}, {p.device}"
                 )
-            if prox and p.is_complex():
-                raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
-            if grouped:
+            if prox:
+                # Once per parameter, and again whenever its data is replaced.
+                cached = self._entries.get(id(p))
+                if (cached is None or cached[0] != p.data_ptr()) and p.is_complex():
+                    raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
+            if grouped:  # every step: group_dim may have been changed in the group
                 self._check_group_param(group, i, p)
             items.append((p, g))
         return group, items
@@ -275,7 +278,7 @@ class ProxOptimizer(Optimizer):
         None when the reference must take it. Cached per parameter while its
         data pointer and the identity of its state tensors hold."""
         st = self.state.get(p)
-        cached = self._entries.get(p)
+        cached = self._entries.get(id(p))
         if (
             cached is not None
             and cached[0] == p.data_ptr()
@@ -287,9 +290,9 @@ class ProxOptimizer(Optimizer):
         states = tuple(st[k] for k in keys)
         entry = _entry(p, g, states, st.get("step"))
         if entry is None:
-            self._entries.pop(p, None)
+            self._entries.pop(id(p), None)
         else:
-            self._entries[p] = entry
+            self._entries[id(p)] = entry
         return entry
 
     def _step_group(self, group: dict, items: list[tuple[Tensor, Tensor]], grad_scale: Tensor | None) -> None:
@@ -300,7 +303,7 @@ class ProxOptimizer(Optimizer):
         buckets: dict[tuple[int, int], _Bucket] = {}  # one kernel call per (dtype, step dtype)
         slow, commits = [], []
         for p, g in items:
-            ready = p in self._entries or self._state_ready(p, keys)
+            ready = id(p) in self._entries or self._state_ready(p, keys)
             entry = self._kernel_entry(p, g, keys) if (ready and use_kernel) else None
             fresh = False
             if entry is None:
