@@ -36,21 +36,21 @@ using T = __nv_bfloat16;
 
 using M = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-__device__ __forceinline__ float widen(float x) { return x; }
-__device__ __forceinline__ double widen(double x) { return x; }
-__device__ __forceinline__ float widen(__half x) { return __half2float(x); }
-__device__ __forceinline__ float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+}  // namespace
 
-// Round to nearest even, as torch stores float16/bfloat16.
-__device__ __forceinline__ T narrow(M v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16_rn(v);
-  } else {
-    return v;
-  }
-}
+// Storage <-> math conversions (outside the anonymous namespace: each
+// translation unit uses only its dtype's pair). Stores round to nearest even,
+// as torch does for float16/bfloat16.
+PROXOPT_HD float widen(float x) { return x; }
+PROXOPT_HD double widen(double x) { return x; }
+PROXOPT_HD float widen(__half x) { return __half2float(x); }
+PROXOPT_HD float widen(__nv_bfloat16 x) { return __bfloat162float(x); }
+PROXOPT_HD void put(float& dst, float v) { dst = v; }
+PROXOPT_HD void put(double& dst, double v) { dst = v; }
+PROXOPT_HD void put(__half& dst, float v) { dst = __float2half_rn(v); }
+PROXOPT_HD void put(__nv_bfloat16& dst, float v) { dst = __float2bfloat16_rn(v); }
+
+namespace {
 
 // Elements per thread and iteration: 16 bytes of float32/float16/bfloat16,
 // 32 bytes (two 16-byte loads) of float64.
@@ -61,22 +61,22 @@ struct alignas(kVectorBytes) Vec {
   T v[kVec];
 };
 
-__device__ __forceinline__ void load_vec(const T* __restrict__ src, M* dst) {
+PROXOPT_HD void load_vec(const T* __restrict__ src, M* dst) {
   const Vec x = *reinterpret_cast<const Vec*>(src);
 #pragma unroll
   for (int j = 0; j < kVec; ++j) dst[j] = widen(x.v[j]);
 }
 
-__device__ __forceinline__ void store_vec(const M* src, T* __restrict__ dst) {
+PROXOPT_HD void store_vec(const M* src, T* __restrict__ dst) {
   Vec x;
 #pragma unroll
-  for (int j = 0; j < kVec; ++j) x.v[j] = narrow(src[j]);
+  for (int j = 0; j < kVec; ++j) put(x.v[j], src[j]);
   *reinterpret_cast<Vec*>(dst) = x;
 }
 
 // Bounds-checked: element j of a thread is base + j * kThreads (coalesced
 // across the block); lanes past n compute on zeros and store nothing.
-__device__ __forceinline__ void load_strided(const T* __restrict__ src, int base, int n, M* dst) {
+PROXOPT_HD void load_strided(const T* __restrict__ src, int base, int n, M* dst) {
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const int i = base + j * kThreads;
@@ -84,20 +84,21 @@ __device__ __forceinline__ void load_strided(const T* __restrict__ src, int base
   }
 }
 
-__device__ __forceinline__ void store_strided(const M* src, int base, int n, T* __restrict__ dst) {
+PROXOPT_HD void store_strided(const M* src, int base, int n, T* __restrict__ dst) {
 #pragma unroll
   for (int j = 0; j < kVec; ++j) {
     const int i = base + j * kThreads;
-    if (i < n) dst[i] = narrow(src[j]);
+    if (i < n) put(dst[i], src[j]);
   }
 }
 
-// One block steps one chunk (<= kChunkElems elements) of one tensor.
+// What thread `thread` of block `block` does: its share of one chunk
+// (<= kChunkElems elements) of one tensor. Host-callable too, so the exact
+// kernel body can be replayed on a machine without a GPU.
 template <class Rule>
-__global__ void __launch_bounds__(kThreads)
-    step_kernel(const __grid_constant__ Launch<M, 2 + Rule::kStates> L) {
+PROXOPT_HD void step_thread(const Launch<M, 2 + Rule::kStates>& L, int32_t block, int thread) {
   constexpr int S = Rule::kStates;
-  const Span sp = locate(L, int32_t(blockIdx.x));
+  const Span sp = locate(L, block);
   T* __restrict__ w = reinterpret_cast<T*>(L.ptr[0][sp.t]) + sp.begin;
   const T* __restrict__ g = reinterpret_cast<const T*>(L.ptr[1][sp.t]) + sp.begin;
   T* s[S > 0 ? S : 1];
@@ -114,12 +115,12 @@ __global__ void __launch_bounds__(kThreads)
   Tile<M, kVec> t;
   if (L.aligned[sp.t] && n % kVec == 0) {
     // Fast path: kVec consecutive elements per thread, one vector load per tensor.
-    for (int i = int(threadIdx.x) * kVec; i < n; i += kThreads * kVec) {
+    for (int i = thread * kVec; i < n; i += kThreads * kVec) {
       load_vec(w + i, t.w);
       load_vec(g + i, t.g);
 #pragma unroll
       for (int q = 0; q < S; ++q) load_vec(s[q] + i, t.s[q]);
-      step_tile<Rule, M, kVec>(kVec, t, k);
+      step_tile<Rule, M>(kVec, t, k);
       store_vec(t.w, w + i);
 #pragma unroll
       for (int q = 0; q < S; ++q) store_vec(t.s[q], s[q] + i);
@@ -127,12 +128,12 @@ __global__ void __launch_bounds__(kThreads)
   } else {
     // Misaligned views and tails: the same step_tile, element loads with bounds checks.
     for (int b = 0; b < n; b += kThreads * kVec) {
-      const int base = b + int(threadIdx.x);
+      const int base = b + thread;
       load_strided(w, base, n, t.w);
       load_strided(g, base, n, t.g);
 #pragma unroll
       for (int q = 0; q < S; ++q) load_strided(s[q], base, n, t.s[q]);
-      step_tile<Rule, M, kVec>(kVec, t, k);
+      step_tile<Rule, M>(kVec, t, k);
       store_strided(t.w, base, n, w);
 #pragma unroll
       for (int q = 0; q < S; ++q) store_strided(t.s[q], base, n, s[q]);
@@ -143,7 +144,14 @@ __global__ void __launch_bounds__(kThreads)
   // kernel: a row-wise kernel (one block per group when it fits in the block,
   // update + norm + scale in one visit; otherwise two passes like apex's LAMB,
   // partial sums then scaling) will take those calls. Until then the binding
-  // rejects them (bindings.cpp) and Python keeps them on the CPU/reference path.
+  // rejects them (bindings.cpp) and Python keeps them on the reference path.
+}
+
+// One block per chunk; blocks find their (tensor, chunk) with `locate`.
+template <class Rule>
+__global__ void __launch_bounds__(kThreads)
+    step_kernel(const __grid_constant__ Launch<M, 2 + Rule::kStates> L) {
+  step_thread<Rule>(L, int32_t(blockIdx.x), int(threadIdx.x));
 }
 
 template <class Rule>

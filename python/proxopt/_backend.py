@@ -60,7 +60,10 @@ def set_simd_level(level: str) -> None:
 
 
 def backend_info() -> dict:
-    """Which backend, instruction set and thread count proxopt uses."""
+    """Which backend, instruction set and thread count proxopt uses, and
+    whether the CUDA kernels are usable (and if not, why)."""
+    from . import _fused_cuda  # loads proxopt._C_cuda lazily
+
     return {
         "backend": "cpu-kernels" if _C is not None else "reference",
         "cpu_kernels": _C is not None,
@@ -68,5 +71,5 @@ def backend_info() -> dict:
         "simd": simd_level(),
         "simd_available": simd_levels(),
         "threads": torch.get_num_threads(),
-        "cuda_kernels": False,
+        **_fused_cuda._info(),
     }

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _fused, reference
+from . import _fused, _fused_cuda, reference
 from .reference import Hyper
 from .regularizers import (
     REGULARIZER_DEFAULTS,
@@ -224,8 +224,6 @@ class ProxOptimizer(Optimizer):
             found_inf = found_inf.to("cpu", torch.float32)
             if found_inf.item() != 0:
                 return loss  # AMP overflow: leave parameters and state untouched
-        if grad_scale is not None:
-            grad_scale = grad_scale.to("cpu", torch.float32)
         for group, items in plans:
             if items:
                 self._step_group(group, items, grad_scale)
@@ -298,9 +296,9 @@ class ProxOptimizer(Optimizer):
     def _step_group(self, group: dict, items: list[tuple[Tensor, Tensor]], grad_scale: Tensor | None) -> None:
         h = self._hyper(group)
         keys = self._state_keys(group)
-        use_kernel = group.get("fused") is not False and _fused.has_cpu_kernels()
+        use_kernel = group.get("fused") is not False and (_fused.has_cpu_kernels() or _fused_cuda.available())
         gdim = group_dim_of(group) if h.has_group else None
-        buckets: dict[tuple[int, int], _Bucket] = {}  # one kernel call per (dtype, step dtype)
+        buckets: dict[tuple[int, int, int], _Bucket] = {}  # one call per (device, dtype, step dtype)
         slow, commits = [], []
         for p, g in items:
             ready = id(p) in self._entries or self._state_ready(p, keys)
@@ -313,19 +311,31 @@ class ProxOptimizer(Optimizer):
                     fresh = True
                 if use_kernel and not ready:
                     entry = _entry(p, g, states, step) if fresh else self._kernel_entry(p, g, keys)
-                if entry is None:
-                    slow.append((p, g, states, step, fresh))
-                    continue
-            key = (entry[5], entry[7])
+            if entry is not None and entry[8] >= 0 and gdim is not None:
+                entry = None  # group proxes have no CUDA kernel yet: the reference takes them
+            if entry is None:
+                if not fresh:  # a fresh SGD buffer lives in `commit` until the step ran
+                    states, step, _ = self._prepare(p, group, keys)
+                slow.append((p, g, states, step, fresh))
+                continue
+            key = (entry[8], entry[5], entry[7])
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = _Bucket(len(keys))
             bucket.add(entry, g, fresh, group_shape(tuple(p.shape), gdim) if gdim is not None else None)
-        for (dtype_code, step_code), b in buckets.items():
-            _fused.cpu_step_ptrs(
-                h, dtype_code, b.params, b.grads, b.states, b.steps if self._has_step else [],
-                step_code, b.numels, b.fresh, grad_scale, b.shapes if gdim is not None else None,
-            )
+        for (device, dtype_code, step_code), b in buckets.items():
+            steps = b.steps if self._has_step else []
+            if device < 0:
+                _fused.cpu_step_ptrs(
+                    h, dtype_code, b.params, b.grads, b.states, steps, step_code, b.numels, b.fresh,
+                    None if grad_scale is None else grad_scale.to("cpu", torch.float32),
+                    b.shapes if gdim is not None else None,
+                )
+            else:
+                _fused_cuda._step_ptrs(
+                    h, dtype_code, b.params, b.grads, b.states, steps, step_code, b.numels, b.fresh,
+                    grad_scale, device,
+                )
         for p, g, states, step, fresh in slow:
             reference.step_tensor(h, p, g, list(states), step, fresh=fresh, grad_scale=grad_scale)
         for p, commit in commits:
@@ -359,9 +369,13 @@ class ProxOptimizer(Optimizer):
 
 def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None):
     """The kernel arguments of one parameter: (param ptr, step, states, state
-    ptrs, numel, dtype code, step ptr, step dtype code), or None if the kernel
-    cannot take it."""
-    if not _fused.cpu_kernel_takes(p, g, list(states), step):
+    ptrs, numel, dtype code, step ptr, step dtype code, CUDA device index or -1
+    for the CPU), or None if no kernel can take it."""
+    if _fused.cpu_kernel_takes(p, g, list(states), step):
+        device = -1
+    elif _fused_cuda.cuda_kernel_takes(p, g, list(states), step):
+        device = p.device.index
+    else:
         return None
     return (
         p.data_ptr(),
@@ -372,6 +386,7 @@ def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None
         _fused.DTYPE_CODES[_fused.kernel_dtype(p)],
         step.data_ptr() if step is not None else 0,
         _fused.STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
+        device,
     )
 
 
