@@ -22,16 +22,19 @@ def kernel_dtype(t: Tensor) -> torch.dtype | None:
     return dt if dt in DTYPE_CODES else None
 
 
-def cpu_kernel_takes(param: Tensor, grad: Tensor, states: list[Tensor], step: Tensor | None) -> bool:
+def cpu_kernel_takes(param: Tensor, grad: Tensor, states, step: Tensor | None) -> bool:
     """Whether the CPU kernel can update this tensor in place; if not, the
-    reference does (never a silent ``.contiguous()`` copy of a tensor we write)."""
-    if _backend._C is None or param.device.type != "cpu" or kernel_dtype(param) is None:
+    reference does (never a silent ``.contiguous()`` copy of a tensor we write).
+    Checked every step: ``.data`` may have rebound any of these tensors."""
+    if _backend._C is None or not param.is_cpu or kernel_dtype(param) is None:
         return False
     if not (param.is_contiguous() and grad.is_contiguous()):
         return False
-    if any(not s.is_contiguous() or s.dtype != param.dtype for s in states):
-        return False
-    return step is None or (step.device.type == "cpu" and step.dtype in STEP_DTYPE_CODES)
+    dtype, n = param.dtype, param.numel()
+    for s in states:
+        if s.dtype is not dtype or not s.is_cpu or not s.is_contiguous() or s.numel() != n:
+            return False
+    return step is None or (step.is_cpu and step.dtype in STEP_DTYPE_CODES and step.numel() == 1)
 
 
 def _ptr_numel(t: Tensor) -> tuple[int, int]:

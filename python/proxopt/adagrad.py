@@ -32,6 +32,8 @@ class Adagrad(ProxOptimizer):
     """
 
     _rule = reference.ADAGRAD
+    _group_keys = ("lr_decay", "initial_accumulator_value", "eps")
+    _all_state_keys = frozenset({"step", "sum"})
 
     def __init__(
         self,

@@ -44,6 +44,8 @@ class Adam(ProxOptimizer):
     """
 
     _rule = reference.ADAM
+    _group_keys = ("betas", "eps", "amsgrad")
+    _all_state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 
     def __init__(
         self,

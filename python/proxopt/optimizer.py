@@ -54,6 +54,11 @@ class ProxOptimizer(Optimizer):
     _rule: int
     _adaptive_ok: bool = True
     _has_step: bool = True  # keeps a ``step`` counter in its state
+    _group_keys: tuple[str, ...] = ()  # hyperparameters a saved param group of this type has
+    _all_state_keys: frozenset[str] = frozenset()  # every state key, in any setting
+    # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
+    # A class attribute, so copies and unpickled optimizers keep it.
+    _step_supports_amp_scaling = True
 
     # ---- subclass interface ----------------------------------------------
 
@@ -79,10 +84,6 @@ class ProxOptimizer(Optimizer):
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, {**defaults, **{k: v for k, v in REGULARIZER_DEFAULTS.items() if k not in defaults}})
-        self._entries: dict[int, tuple] = {}  # id(param) -> kernel arguments, see _kernel_entry
-        if not hasattr(self, "_step_supports_amp_scaling"):
-            # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
-            self._step_supports_amp_scaling = True
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -107,27 +108,41 @@ class ProxOptimizer(Optimizer):
         if has_group_prox(group):
             for i, p in enumerate(group["params"]):
                 self._check_group_param(group, i, p)
-        spans: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
         for i, p in enumerate(group["params"]):
             if not (p.is_floating_point() or p.is_complex()):
                 raise ValueError(f"{self._label(group, i)}: can only optimize floating point or complex tensors, got {p.dtype}")
             if prox and p.is_complex():
                 raise ValueError(
-                    f"{self._label(group, i)} is complex: proximal regularizers (l1, l2, l0, bounds) "
+                    f"{self._label(group, i)} is complex: proximal regularizers (l1, l2, l0, bounds, group) "
                     "are not defined for complex parameters; put it in a param group without them"
                 )
-            if p.device.type != "meta" and p.numel() > 0:
-                start = p.data_ptr()
-                spans[p.untyped_storage().data_ptr()].append((start, start + p.numel() * p.element_size(), i))
-        # Parameters may share a storage (views of one flat buffer) but not overlap.
+        self._check_overlap()
+
+    def _check_overlap(self) -> None:
+        """Parameters may share a storage (views of one flat buffer) but no
+        element: a step would update a shared element twice."""
+        spans = defaultdict(list)
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                if p.numel() == 0 or p.device.type == "meta":
+                    continue
+                try:
+                    key = (p.device, p.untyped_storage().data_ptr())
+                except (RuntimeError, NotImplementedError, TypeError):
+                    continue  # tensor subclasses (DTensor shards) keep their own storage
+                lo, hi = _extent(p)
+                spans[key].append((lo, hi, p, self._label(group, i)))
         for pieces in spans.values():
-            pieces.sort()
-            for (s0, e0, i0), (s1, _, i1) in zip(pieces, pieces[1:]):
-                if s1 < e0:
-                    raise ValueError(
-                        f"{self._label(group, i0)} and {self._label(group, i1)} overlap in memory: "
-                        "a step would update the shared elements twice"
-                    )
+            pieces.sort(key=lambda x: x[0])
+            for j, (lo, hi, p, label) in enumerate(pieces):
+                for lo2, _, q, label2 in pieces[j + 1 :]:
+                    if lo2 >= hi:
+                        break
+                    if _share_elements(p, q):
+                        raise ValueError(
+                            f"{label} and {label2} overlap in memory: a step would update the shared "
+                            "elements twice; pass each tensor once, or non-overlapping views"
+                        )
 
     def _check_group_param(self, group: dict, i: int, p: Tensor) -> None:
         dim = group_dim_of(group)
@@ -148,7 +163,6 @@ class ProxOptimizer(Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._entries = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -175,7 +189,13 @@ class ProxOptimizer(Optimizer):
         if len(saved_groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         name = type(self).__name__
-        for group, saved in zip(self.param_groups, saved_groups):
+        for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+            missing = [k for k in self._group_keys if k not in saved]
+            if missing:
+                raise ValueError(
+                    f"state_dict param group {gi} lacks {missing} (it has {sorted(k for k in saved if k != 'params')}): "
+                    f"it comes from another optimizer type; {name} needs {list(self._group_keys)}"
+                )
             if len(group["params"]) != len(saved["params"]):
                 raise ValueError(
                     "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
@@ -186,6 +206,12 @@ class ProxOptimizer(Optimizer):
                 st = state_dict["state"].get(pid)
                 if not st:
                     continue
+                foreign = sorted(set(st) - self._all_state_keys)
+                if foreign:
+                    raise ValueError(
+                        f"state_dict entry for parameter {pid} has {foreign}, which {name} does not keep: "
+                        "it comes from another optimizer type"
+                    )
                 missing = sorted(required - set(st))
                 if missing:
                     raise ValueError(
@@ -246,11 +272,8 @@ class ProxOptimizer(Optimizer):
                     f"{self._label(group, i)}: its grad has shape {tuple(g.shape)}, dtype {g.dtype}, device "
                     f"{g.device}; the parameter has {tuple(p.shape)}, {p.dtype}, {p.device}"
                 )
-            if prox:
-                # Once per parameter, and again whenever its data is replaced.
-                cached = self._entries.get(id(p))
-                if (cached is None or cached[0] != p.data_ptr()) and p.is_complex():
-                    raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
+            if prox and p.is_complex():
+                raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
             if grouped:  # every step: group_dim may have been changed in the group
                 self._check_group_param(group, i, p)
             items.append((p, g))
@@ -259,6 +282,11 @@ class ProxOptimizer(Optimizer):
     def _prepare(self, p: Tensor, group: dict, keys: tuple[str, ...]):
         """The state of one parameter for this step: (states, step, commit).
         ``commit`` holds state created this step, stored only after the step ran."""
+        if not keys and not self._has_step:
+            return (), None, None  # SGD without momentum keeps no state, as torch
+        state = self.state.get(p)
+        if state and all(k in state for k in keys) and (not self._has_step or "step" in state):
+            return tuple(state[k] for k in keys), state.get("step"), None
         state = self.state[p]
         if self._has_step and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=_default_step_dtype())
@@ -271,28 +299,6 @@ class ProxOptimizer(Optimizer):
         states = tuple(commit[k] if k in commit else state[k] for k in keys)
         return states, state.get("step"), commit
 
-    def _kernel_entry(self, p: Tensor, g: Tensor, keys: tuple[str, ...]):
-        """What the kernel call needs of one parameter whose state exists, or
-        None when the reference must take it. Cached per parameter while its
-        data pointer and the identity of its state tensors hold."""
-        st = self.state.get(p)
-        cached = self._entries.get(id(p))
-        if (
-            cached is not None
-            and cached[0] == p.data_ptr()
-            and cached[1] is st.get("step")
-            and len(keys) == len(cached[2])
-            and all(st.get(k) is t for k, t in zip(keys, cached[2]))
-        ):
-            return cached if g.is_contiguous() else None
-        states = tuple(st[k] for k in keys)
-        entry = _entry(p, g, states, st.get("step"))
-        if entry is None:
-            self._entries.pop(id(p), None)
-        else:
-            self._entries[id(p)] = entry
-        return entry
-
     def _step_group(self, group: dict, items: list[tuple[Tensor, Tensor]], grad_scale: Tensor | None) -> None:
         h = self._hyper(group)
         keys = self._state_keys(group)
@@ -300,29 +306,23 @@ class ProxOptimizer(Optimizer):
         gdim = group_dim_of(group) if h.has_group else None
         buckets: dict[tuple[int, int, int], _Bucket] = {}  # one call per (device, dtype, step dtype)
         slow, commits = [], []
+        # Pointers and eligibility are taken afresh every step: `.data` can rebind
+        # a parameter or a state tensor to other memory without changing its identity.
         for p, g in items:
-            ready = id(p) in self._entries or self._state_ready(p, keys)
-            entry = self._kernel_entry(p, g, keys) if (ready and use_kernel) else None
-            fresh = False
-            if entry is None:
-                states, step, commit = self._prepare(p, group, keys)  # creates missing state
-                if commit:  # SGD's first momentum step: the buffer is stored once the step ran
-                    commits.append((p, commit))
-                    fresh = True
-                if use_kernel and not ready:
-                    entry = _entry(p, g, states, step) if fresh else self._kernel_entry(p, g, keys)
+            states, step, commit = self._prepare(p, group, keys)
+            if commit:  # SGD's first momentum step: the buffer is stored once the step ran
+                commits.append((p, commit))
+            entry = _entry(p, g, states, step) if use_kernel else None
             if entry is not None and entry[8] >= 0 and gdim is not None:
                 entry = None  # group proxes have no CUDA kernel yet: the reference takes them
             if entry is None:
-                if not fresh:  # a fresh SGD buffer lives in `commit` until the step ran
-                    states, step, _ = self._prepare(p, group, keys)
-                slow.append((p, g, states, step, fresh))
+                slow.append((p, g, states, step, bool(commit)))
                 continue
             key = (entry[8], entry[5], entry[7])
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = _Bucket(len(keys))
-            bucket.add(entry, g, fresh, group_shape(tuple(p.shape), gdim) if gdim is not None else None)
+            bucket.add(entry, g, bool(commit), group_shape(tuple(p.shape), gdim) if gdim is not None else None)
         for (device, dtype_code, step_code), b in buckets.items():
             steps = b.steps if self._has_step else []
             if device < 0:
@@ -340,10 +340,6 @@ class ProxOptimizer(Optimizer):
             reference.step_tensor(h, p, g, list(states), step, fresh=fresh, grad_scale=grad_scale)
         for p, commit in commits:
             self.state[p].update(commit)
-
-    def _state_ready(self, p: Tensor, keys: tuple[str, ...]) -> bool:
-        st = self.state.get(p)
-        return bool(st) and (not self._has_step or "step" in st) and all(k in st for k in keys)
 
     # ---- helpers for subclasses --------------------------------------------
 
@@ -371,7 +367,7 @@ def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None
     """The kernel arguments of one parameter: (param ptr, step, states, state
     ptrs, numel, dtype code, step ptr, step dtype code, CUDA device index or -1
     for the CPU), or None if no kernel can take it."""
-    if _fused.cpu_kernel_takes(p, g, list(states), step):
+    if _fused.cpu_kernel_takes(p, g, states, step):
         device = -1
     elif _fused_cuda.cuda_kernel_takes(p, g, list(states), step):
         device = p.device.index
@@ -388,6 +384,29 @@ def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None
         _fused.STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
         device,
     )
+
+
+def _extent(t: Tensor) -> tuple[int, int]:
+    """The byte range [lo, hi) of its storage that a view can touch."""
+    size = t.element_size()
+    lo = t.storage_offset() * size
+    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
+    return lo, lo + (last + 1) * size
+
+
+def _share_elements(a: Tensor, b: Tensor) -> bool:
+    """Exact test for two views of one storage whose extents intersect."""
+    if a.is_contiguous() and b.is_contiguous():
+        return True
+    if a.dtype != b.dtype:
+        return True  # different element sizes on one storage: take it as shared
+    n = a.untyped_storage().nbytes() // a.element_size()
+    index = torch.arange(n, device="cpu")
+
+    def elements(t: Tensor) -> Tensor:
+        return torch.as_strided(index, t.shape, t.stride(), t.storage_offset()).reshape(-1)
+
+    return bool(torch.isin(elements(a), elements(b)).any())
 
 
 class _Bucket:

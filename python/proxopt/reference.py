@@ -232,7 +232,7 @@ def step_tensor(
         step += 1
         t = float(step)
     if grad_scale is not None:
-        g = g / grad_scale.to(g.dtype)
+        g = g / grad_scale.to(g.dtype).reshape(())
     if h.maximize:
         g = -g
     if h.weight_decay != 0 and not h.decoupled_weight_decay:

@@ -34,6 +34,8 @@ class RMSprop(ProxOptimizer):
     """
 
     _rule = reference.RMSPROP
+    _group_keys = ("alpha", "eps", "centered", "momentum")
+    _all_state_keys = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
 
     def __init__(
         self,

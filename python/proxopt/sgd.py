@@ -36,6 +36,8 @@ class SGD(ProxOptimizer):
     """
 
     _rule = reference.SGD
+    _group_keys = ("momentum", "dampening", "nesterov")
+    _all_state_keys = frozenset({"momentum_buffer"})
     _adaptive_ok = False
     _has_step = False
 
