@@ -22,19 +22,43 @@ def kernel_dtype(t: Tensor) -> torch.dtype | None:
     return dt if dt in DTYPE_CODES else None
 
 
-def cpu_kernel_takes(param: Tensor, grad: Tensor, states, step: Tensor | None) -> bool:
-    """Whether the CPU kernel can update this tensor in place; if not, the
-    reference does (never a silent ``.contiguous()`` copy of a tensor we write).
-    Checked every step: ``.data`` may have rebound any of these tensors."""
-    if _backend._C is None or not param.is_cpu or kernel_dtype(param) is None:
-        return False
-    if not (param.is_contiguous() and grad.is_contiguous()):
-        return False
-    dtype, n = param.dtype, param.numel()
+# dtype -> (kernel dtype code, elements per tensor element): complex runs as its real view.
+_CODES = {
+    **{dt: (code, 1) for dt, code in DTYPE_CODES.items()},
+    torch.complex64: (DTYPE_CODES[torch.float32], 2),
+    torch.complex128: (DTYPE_CODES[torch.float64], 2),
+}
+
+
+def cpu_args(param: Tensor, grad: Tensor, states, step: Tensor | None):
+    """The CPU kernel's arguments for one tensor, (param ptr, state ptrs,
+    numel, dtype code, step ptr, step dtype code), or None when the kernel
+    cannot update it in place (the reference then does, never through a
+    silent ``.contiguous()`` copy). Checked every step, in one pass:
+    ``.data`` may have rebound any of these tensors to other memory."""
+    if _backend._C is None or not param.is_cpu:
+        return None
+    dtype = param.dtype
+    code = _CODES.get(dtype)
+    if code is None or not (param.is_contiguous() and grad.is_contiguous()):
+        return None
+    n = param.numel()
+    ptrs = []
     for s in states:
         if s.dtype is not dtype or not s.is_cpu or not s.is_contiguous() or s.numel() != n:
-            return False
-    return step is None or (step.is_cpu and step.dtype in STEP_DTYPE_CODES and step.numel() == 1)
+            return None
+        ptrs.append(s.data_ptr())
+    if step is None:
+        return param.data_ptr(), ptrs, n * code[1], code[0], 0, 0
+    step_code = STEP_DTYPE_CODES.get(step.dtype)
+    if step_code is None or not step.is_cpu or step.numel() != 1:
+        return None
+    return param.data_ptr(), ptrs, n * code[1], code[0], step.data_ptr(), step_code
+
+
+def cpu_kernel_takes(param: Tensor, grad: Tensor, states, step: Tensor | None) -> bool:
+    """Whether the CPU kernel can update this tensor in place (see cpu_args)."""
+    return cpu_args(param, grad, states, step) is not None
 
 
 def _ptr_numel(t: Tensor) -> tuple[int, int]:

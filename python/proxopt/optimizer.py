@@ -313,12 +313,12 @@ class ProxOptimizer(Optimizer):
             if commit:  # SGD's first momentum step: the buffer is stored once the step ran
                 commits.append((p, commit))
             entry = _entry(p, g, states, step) if use_kernel else None
-            if entry is not None and entry[8] >= 0 and gdim is not None:
+            if entry is not None and entry[6] >= 0 and gdim is not None:
                 entry = None  # group proxes have no CUDA kernel yet: the reference takes them
             if entry is None:
                 slow.append((p, g, states, step, bool(commit)))
                 continue
-            key = (entry[8], entry[5], entry[7])
+            key = (entry[6], entry[3], entry[5])
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = _Bucket(len(keys))
@@ -364,26 +364,24 @@ class ProxOptimizer(Optimizer):
 
 
 def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None):
-    """The kernel arguments of one parameter: (param ptr, step, states, state
-    ptrs, numel, dtype code, step ptr, step dtype code, CUDA device index or -1
-    for the CPU), or None if no kernel can take it."""
-    if _fused.cpu_kernel_takes(p, g, states, step):
-        device = -1
-    elif _fused_cuda.cuda_kernel_takes(p, g, list(states), step):
-        device = p.device.index
-    else:
-        return None
-    return (
-        p.data_ptr(),
-        step,
-        states,
-        [t.data_ptr() for t in states],
-        p.numel() * (2 if p.is_complex() else 1),  # complex: its real view
-        _fused.DTYPE_CODES[_fused.kernel_dtype(p)],
-        step.data_ptr() if step is not None else 0,
-        _fused.STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
-        device,
-    )
+    """The kernel arguments of one parameter: (param ptr, state ptrs, numel,
+    dtype code, step ptr, step dtype code, CUDA device index or -1 for the
+    CPU), or None if no kernel can take it."""
+    args = _fused.cpu_args(p, g, states, step)
+    if args is not None:
+        return (*args, -1)
+    if p.is_cuda and _fused_cuda.cuda_kernel_takes(p, g, list(states), step):
+        ptr, numel = _fused._ptr_numel(p)
+        return (
+            ptr,
+            [t.data_ptr() for t in states],
+            numel,
+            _fused.DTYPE_CODES[_fused.kernel_dtype(p)],
+            step.data_ptr() if step is not None else 0,
+            _fused.STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
+            p.device.index,
+        )
+    return None
 
 
 def _extent(t: Tensor) -> tuple[int, int]:
@@ -422,10 +420,10 @@ class _Bucket:
     def add(self, entry: tuple, g: Tensor, fresh: bool, shape: tuple | None) -> None:
         self.params.append(entry[0])
         self.grads.append(g.data_ptr())
-        for lst, ptr in zip(self.states, entry[3]):
+        for lst, ptr in zip(self.states, entry[1]):
             lst.append(ptr)
-        self.steps.append(entry[6])
-        self.numels.append(entry[4])
+        self.steps.append(entry[4])
+        self.numels.append(entry[2])
         self.fresh.append(fresh)
         self.shapes.append(shape)
         self.alive.append(g)  # the grad stays alive until the call returns
