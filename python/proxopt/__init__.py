@@ -12,6 +12,7 @@ from .groups import param_groups
 from .optimizer import ProxOptimizer
 from .penalties import elastic_net_penalty, l1_penalty, l2_penalty
 from .rmsprop import RMSprop
+from .schedules import RegularizerScheduler
 from .sgd import SGD
 from .sparsity import SparsityReport, sparsity
 
@@ -27,6 +28,7 @@ __all__ = [
     "param_groups",
     "sparsity",
     "SparsityReport",
+    "RegularizerScheduler",
     "backend_info",
     "has_cpu_kernels",
     "simd_level",

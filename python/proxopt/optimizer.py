@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _fused, _fused_cuda, reference
+from .distributed import local_tensor, sharded_group_prox_, split_group_prox
 from .reference import Hyper
 from .regularizers import (
     REGULARIZER_DEFAULTS,
@@ -230,6 +231,7 @@ class ProxOptimizer(Optimizer):
 
     # ---- the step ------------------------------------------------------------
 
+    @torch.compiler.disable  # torch.compile: one graph break; the step runs eagerly
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None):
         """Perform a single optimization step.
@@ -301,6 +303,8 @@ class ProxOptimizer(Optimizer):
 
     def _step_group(self, group: dict, items: list[tuple[Tensor, Tensor]], grad_scale: Tensor | None) -> None:
         h = self._hyper(group)
+        # FSDP2/DTensor: group proxes over groups split across shards run after the kernel, with reduced norms
+        h, deferred = split_group_prox(h, [p for p, _ in items], group_dim_of(group))
         keys = self._state_keys(group)
         use_kernel = group.get("fused") is not False and (_fused.has_cpu_kernels() or _fused_cuda.available())
         gdim = group_dim_of(group) if h.has_group else None
@@ -322,7 +326,7 @@ class ProxOptimizer(Optimizer):
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = _Bucket(len(keys))
-            bucket.add(entry, g, bool(commit), group_shape(tuple(p.shape), gdim) if gdim is not None else None)
+            bucket.add(entry, g, bool(commit), group_shape(tuple(local_tensor(p).shape), gdim) if gdim is not None else None)
         for (device, dtype_code, step_code), b in buckets.items():
             steps = b.steps if self._has_step else []
             if device < 0:
@@ -337,9 +341,15 @@ class ProxOptimizer(Optimizer):
                     grad_scale, device,
                 )
         for p, g, states, step, fresh in slow:
-            reference.step_tensor(h, p, g, list(states), step, fresh=fresh, grad_scale=grad_scale)
+            reference.step_tensor(
+                h, local_tensor(p), local_tensor(g), [local_tensor(t) for t in states], step,
+                fresh=fresh, grad_scale=grad_scale,
+            )
         for p, commit in commits:
             self.state[p].update(commit)
+        if deferred is not None:
+            params = [p for p, _ in items]
+            sharded_group_prox_(deferred, params, group_dim_of(group), [self.state[p].get("step") for p in params])
 
     # ---- helpers for subclasses --------------------------------------------
 
@@ -367,6 +377,8 @@ def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None
     """The kernel arguments of one parameter: (param ptr, state ptrs, numel,
     dtype code, step ptr, step dtype code, CUDA device index or -1 for the
     CPU), or None if no kernel can take it."""
+    p, g = local_tensor(p), local_tensor(g)  # DTensor (FSDP2): the local shards
+    states = tuple(local_tensor(t) for t in states)
     args = _fused.cpu_args(p, g, states, step)
     if args is not None:
         return (*args, -1)
@@ -419,7 +431,7 @@ class _Bucket:
 
     def add(self, entry: tuple, g: Tensor, fresh: bool, shape: tuple | None) -> None:
         self.params.append(entry[0])
-        self.grads.append(g.data_ptr())
+        self.grads.append(local_tensor(g).data_ptr())
         for lst, ptr in zip(self.states, entry[1]):
             lst.append(ptr)
         self.steps.append(entry[4])
