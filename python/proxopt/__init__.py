@@ -11,6 +11,7 @@ from .adam import Adam, AdamW
 from .groups import param_groups
 from .optimizer import ProxOptimizer
 from .penalties import elastic_net_penalty, l1_penalty, l2_penalty
+from .pruning import prune_zero_channels
 from .rmsprop import RMSprop
 from .schedules import RegularizerScheduler
 from .sgd import SGD
@@ -29,6 +30,7 @@ __all__ = [
     "sparsity",
     "SparsityReport",
     "RegularizerScheduler",
+    "prune_zero_channels",
     "backend_info",
     "has_cpu_kernels",
     "simd_level",

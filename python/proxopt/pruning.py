@@ -211,7 +211,7 @@ def _pad_is_zero(conv: nn.Module) -> bool:
 class _Walk:
     """The modules between a producer and its consumer, classified."""
 
-    def __init__(self, leaves, start: int, strict: bool):
+    def __init__(self, leaves, start: int):
         self.between: list[tuple[int, nn.Module]] = []
         self.consumer: int | None = None
         self.barrier: str | None = None  # why no channel of the producer can be removed
@@ -380,7 +380,7 @@ def prune_zero_channels(model: nn.Module, *, report: bool = False, strict: bool 
         layers.append(lp)
         if not zero:
             continue
-        walk = _Walk(leaves, idx, strict)
+        walk = _Walk(leaves, idx)
         if walk.unsupported and strict:
             raise PruningError(
                 f"prune_zero_channels: {name} has {len(zero)} all-zero output channels, but {walk.barrier}. "

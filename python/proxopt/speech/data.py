@@ -1,0 +1,856 @@
+"""Speech corpora: the ``.npz`` interchange format and a synthetic
+keyword-spotting corpus made with espeak-ng.
+
+The interchange format
+======================
+
+One ``.npz`` file (``numpy.savez``) holding one utterance per entry:
+
+=================  ==========================================================
+key                content
+=================  ==========================================================
+``features``       object array of float32 ``[frames, dims]`` arrays (every
+                   utterance the same ``dims``), or one float32 array
+                   ``[N, frames, dims]``
+``audio``          object array of float32 mono waveforms ``[samples]``, or one
+                   float32 array ``[N, samples]``; needs ``sample_rate``
+``sample_rate``    scalar int (Hz), required with ``audio``
+``labels``         int64 ``[N]``, class index in ``0 .. C-1`` (required)
+``label_names``    optional str ``[C]``; default ``"0" .. "C-1"``
+``groups``         optional int64 ``[N]``: speaker / voice id.  Train/test
+                   splits are made by group, so no speaker of the test set is
+                   seen in training.  Without it every utterance is its own
+                   group (a plain random split).
+``group_names``    optional str ``[G]`` naming the group ids
+=================  ==========================================================
+
+At least one of ``features`` / ``audio`` must be present (the KWS pipeline
+uses ``features`` when both are; the denoising pipeline needs clean
+``audio``).  Object arrays are stored with pickle, so :func:`load_corpus`
+loads with ``allow_pickle=True``: only load files you trust.  Write your own
+data with :func:`save_corpus`::
+
+    save_corpus("mine.npz", labels=y, audio=[w0, w1, ...], sample_rate=16000,
+                groups=speaker_ids, label_names=["yes", "no", ...])
+
+:func:`load_corpus` validates a file and raises :class:`CorpusFormatError`
+(a ``ValueError``) naming the file and the problem: a missing key, a count
+mismatch between labels and utterances, NaN/Inf values, an empty utterance,
+inconsistent feature dims, bad labels.
+
+The synthetic corpus
+====================
+
+:func:`synthesize_corpus` calls the ``espeak-ng`` binary (Debian/Ubuntu:
+``apt-get install -y espeak-ng``) once per utterance with ``--stdout``, a
+voice ``<accent>+<variant>`` (e.g. ``en-us+f3``), a speaking rate and a
+pitch, one ``espeak-ng`` process per core at a time (a thread pool whose
+threads each wait on one child process).
+The 22050 Hz output is resampled to 16 kHz with a polyphase FIR filter
+(:func:`resample_poly`: ``scipy.signal.resample_poly`` when SciPy is
+installed, else an equivalent NumPy implementation of the same
+Kaiser-windowed filter), trimmed of silence, placed at a random offset in a
+fixed-length clip, mixed with white/pink/brown noise at a random SNR and
+scaled by a random gain.  Speakers are espeak *variants* (``m1`` .. ``f5``,
+``klatt``, ``Annie`` ...); the accent is drawn per utterance, so a speaker is
+a timbre heard in several accents, and ``groups`` holds the variant id.
+Besides the keywords the corpus has an ``_unknown_`` class (other words)
+and a ``_silence_`` class (noise only), as in Speech Commands.
+
+Everything is drawn from one seed (per-utterance generators seeded by
+``(seed, index)``), so the corpus is identical whatever the number of
+workers.  The result is cached under ``$PROXOPT_CACHE`` or
+``~/.cache/proxopt`` by a hash of the spec, the espeak-ng version and the
+resampler.  Command line::
+
+    python -m proxopt.speech.data --out corpus.npz [--tiny] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+
+ESPEAK_INSTALL_HINT = (
+    "install it with `apt-get install -y espeak-ng` (Debian/Ubuntu; "
+    "`brew install espeak-ng` on macOS), set PROXOPT_ESPEAK to the binary, "
+    "or pass --data FILE.npz with your own corpus"
+)
+
+
+class CorpusFormatError(ValueError):
+    """A corpus file does not follow the documented ``.npz`` format."""
+
+
+class EspeakUnavailableError(RuntimeError):
+    """The espeak-ng binary is not installed or does not run."""
+
+
+# --------------------------------------------------------------------------
+# The interchange format
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class Corpus:
+    """An in-memory corpus, as :func:`load_corpus` returns it."""
+
+    labels: np.ndarray  # int64 [N]
+    label_names: list[str]
+    features: list[np.ndarray] | None = None  # float32 [frames, dims] each
+    audio: list[np.ndarray] | None = None  # float32 [samples] each
+    sample_rate: int | None = None
+    groups: np.ndarray | None = None  # int64 [N]
+    group_names: list[str] | None = None
+    path: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def subset(self, idx: np.ndarray) -> "Corpus":
+        idx = np.asarray(idx, dtype=np.int64)
+
+        def pick(xs):
+            return [xs[i] for i in idx]
+
+        return Corpus(
+            labels=self.labels[idx],
+            label_names=list(self.label_names),
+            features=pick(self.features) if self.features is not None else None,
+            audio=pick(self.audio) if self.audio is not None else None,
+            sample_rate=self.sample_rate,
+            groups=self.groups[idx] if self.groups is not None else None,
+            group_names=self.group_names,
+            path=self.path,
+        )
+
+    def summary(self) -> str:
+        kind = "features" if self.features is not None else "audio"
+        n_groups = len(np.unique(self.groups)) if self.groups is not None else len(self)
+        counts = np.bincount(self.labels, minlength=self.num_classes)
+        return (
+            f"{len(self)} utterances ({kind}), {self.num_classes} classes "
+            f"[{', '.join(f'{n}:{c}' for n, c in zip(self.label_names, counts))}], {n_groups} groups"
+        )
+
+
+def _err(path: str, msg: str) -> CorpusFormatError:
+    return CorpusFormatError(f"{path}: {msg}")
+
+
+def _as_utterances(path: str, key: str, value: np.ndarray, ndim: int) -> list[np.ndarray]:
+    """An object array of arrays, or one dense array stacked along axis 0."""
+    what = "[frames, dims]" if ndim == 2 else "[samples]"
+    if value.dtype == object:
+        if value.ndim != 1:
+            raise _err(path, f"'{key}' must be a 1-D object array of {what} arrays, got shape {value.shape}")
+        items = list(value)
+    elif value.ndim == ndim + 1:
+        items = list(value)
+    else:
+        raise _err(
+            path,
+            f"'{key}' must be an object array of {what} arrays or one array of {ndim + 1} dims, "
+            f"got dtype {value.dtype} and shape {value.shape}",
+        )
+    out = []
+    for i, item in enumerate(items):
+        arr = np.asarray(item)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            raise _err(path, f"{key}[{i}] has dtype {arr.dtype}; expected float32 {what}")
+        if arr.ndim != ndim:
+            raise _err(path, f"{key}[{i}] has shape {arr.shape}; expected {what}")
+        if arr.size == 0 or arr.shape[0] == 0:
+            raise _err(path, f"{key}[{i}] is empty (shape {arr.shape})")
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            bad = "NaN" if np.isnan(arr).any() else "Inf"
+            raise _err(path, f"{key}[{i}] contains {bad} values")
+        out.append(arr)
+    return out
+
+
+def _names(path: str, key: str, value: np.ndarray | None, n: int) -> list[str] | None:
+    if value is None:
+        return None
+    names = [str(x) for x in np.asarray(value).reshape(-1)]
+    if len(names) < n:
+        raise _err(path, f"'{key}' has {len(names)} names but the ids go up to {n - 1}")
+    return names
+
+
+def validate_corpus(data: dict[str, Any], path: str = "<corpus>") -> Corpus:
+    """Check a dict of arrays against the documented format; return a :class:`Corpus`.
+
+    Raises :class:`CorpusFormatError` naming the first problem found."""
+    keys = sorted(data)
+    if "labels" not in data:
+        raise _err(path, f"missing key 'labels' (found keys: {', '.join(keys) or 'none'})")
+    if "features" not in data and "audio" not in data:
+        raise _err(path, f"missing key 'features' or 'audio' (found keys: {', '.join(keys)}); one of them is required")
+    labels = np.asarray(data["labels"])
+    if labels.ndim != 1:
+        raise _err(path, f"'labels' must be 1-D, got shape {labels.shape}")
+    if labels.size == 0:
+        raise _err(path, "'labels' is empty: the corpus has no utterances")
+    if not np.issubdtype(labels.dtype, np.integer):
+        if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+            labels = labels.astype(np.int64)
+        else:
+            raise _err(path, f"'labels' must be integers (int64), got dtype {labels.dtype}")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0:
+        raise _err(path, f"'labels' has negative class index {int(labels.min())}")
+    n = len(labels)
+    n_classes = int(labels.max()) + 1
+
+    features = audio = None
+    sample_rate = None
+    if "features" in data:
+        features = _as_utterances(path, "features", np.asarray(data["features"], dtype=None), 2)
+        if len(features) != n:
+            raise _err(path, f"'labels' has {n} entries but 'features' has {len(features)} utterances")
+        dims = features[0].shape[1]
+        for i, f in enumerate(features):
+            if f.shape[1] != dims:
+                raise _err(path, f"features[{i}] has {f.shape[1]} dims but features[0] has {dims}")
+    if "audio" in data:
+        audio = _as_utterances(path, "audio", np.asarray(data["audio"], dtype=None), 1)
+        if len(audio) != n:
+            raise _err(path, f"'labels' has {n} entries but 'audio' has {len(audio)} waveforms")
+        if "sample_rate" not in data:
+            raise _err(path, "'audio' is present but 'sample_rate' is missing")
+        sr = np.asarray(data["sample_rate"])
+        if sr.size != 1 or not np.isfinite(sr.astype(np.float64)).all() or float(sr.reshape(())) <= 0:
+            raise _err(path, f"'sample_rate' must be one positive number, got {sr!r}")
+        sample_rate = int(sr.reshape(()))
+
+    groups = None
+    if data.get("groups") is not None:
+        groups = np.asarray(data["groups"])
+        if groups.shape != (n,):
+            raise _err(path, f"'groups' has shape {groups.shape} but 'labels' has {n} entries")
+        if not np.issubdtype(groups.dtype, np.integer):
+            raise _err(path, f"'groups' must be integer speaker/voice ids, got dtype {groups.dtype}")
+        groups = groups.astype(np.int64)
+    label_names = _names(path, "label_names", data.get("label_names"), n_classes)
+    if label_names is None:
+        label_names = [str(i) for i in range(n_classes)]
+    group_names = None
+    if groups is not None:
+        group_names = _names(path, "group_names", data.get("group_names"), int(groups.max()) + 1)
+    return Corpus(
+        labels=labels,
+        label_names=label_names,
+        features=features,
+        audio=audio,
+        sample_rate=sample_rate,
+        groups=groups,
+        group_names=group_names,
+        path=path,
+    )
+
+
+def load_corpus(path: str | os.PathLike) -> Corpus:
+    """Load and validate an ``.npz`` corpus (see the module docstring)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such corpus file")
+    try:
+        with np.load(path, allow_pickle=True) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as e:  # not a zip / not an npz / a broken pickle
+        if isinstance(e, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise CorpusFormatError(f"{path}: not a readable .npz file ({e})") from e
+    return validate_corpus(data, path)
+
+
+def _object_array(items: Sequence[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    for i, x in enumerate(items):
+        out[i] = np.ascontiguousarray(x, dtype=np.float32)
+    return out
+
+
+def save_corpus(
+    path: str | os.PathLike,
+    *,
+    labels: Sequence[int] | np.ndarray,
+    features: Sequence[np.ndarray] | None = None,
+    audio: Sequence[np.ndarray] | None = None,
+    sample_rate: int | None = None,
+    groups: Sequence[int] | np.ndarray | None = None,
+    label_names: Sequence[str] | None = None,
+    group_names: Sequence[str] | None = None,
+) -> Path:
+    """Write a corpus in the interchange format (validated first); returns the path."""
+    data: dict[str, Any] = {"labels": np.asarray(labels, dtype=np.int64)}
+    if features is not None:
+        data["features"] = _object_array(features)
+    if audio is not None:
+        data["audio"] = _object_array(audio)
+        data["sample_rate"] = np.int64(sample_rate if sample_rate is not None else -1)
+    if groups is not None:
+        data["groups"] = np.asarray(groups, dtype=np.int64)
+    if label_names is not None:
+        data["label_names"] = np.asarray(list(label_names), dtype=str)
+    if group_names is not None:
+        data["group_names"] = np.asarray(list(group_names), dtype=str)
+    validate_corpus(data, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # write to a temporary name, then rename: a crash never leaves a half file
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def split_by_group(
+    corpus: Corpus, test_fraction: float = 0.2, seed: int = 0, min_test_groups: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)`` such that no group (speaker) is in both.
+
+    Groups are shuffled with ``seed`` and the first ``round(test_fraction * G)``
+    (at least ``min_test_groups``, at most G - 1) go to the test set."""
+    groups = corpus.groups if corpus.groups is not None else np.arange(len(corpus))
+    uniq = np.unique(groups)
+    if len(uniq) < 2:
+        raise ValueError(f"split_by_group: need at least 2 groups (speakers), got {len(uniq)}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(uniq)
+    n_test = int(min(len(uniq) - 1, max(min_test_groups, round(test_fraction * len(uniq)))))
+    test_groups = set(perm[:n_test].tolist())
+    is_test = np.array([g in test_groups for g in groups])
+    return np.nonzero(~is_test)[0], np.nonzero(is_test)[0]
+
+
+# --------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------
+
+
+def _kaiser_lowpass(half_len: int, cutoff: float, beta: float = 5.0) -> np.ndarray:
+    """firwin(2*half_len+1, cutoff, window=('kaiser', beta)) with unit DC gain."""
+    n = np.arange(-half_len, half_len + 1, dtype=np.float64)
+    h = cutoff * np.sinc(cutoff * n) * np.kaiser(2 * half_len + 1, beta)
+    return h / h.sum()
+
+
+def _resample_poly_numpy(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """Polyphase FIR resampling by up/down, the same filter and alignment as
+    ``scipy.signal.resample_poly`` (Kaiser window, beta 5, half length
+    10*max(up, down)); computes only the output samples (no zero-stuffing)."""
+    x = np.asarray(x, dtype=np.float64)
+    h, half_len = _poly_filter(up, down)
+    n_out = -(-len(x) * up // down)  # ceil
+    m = np.arange(n_out, dtype=np.int64)
+    t = m * down + half_len  # position in the upsampled signal, filter centered
+    taps = -(-len(h) // up) + 1
+    j_hi = t // up  # largest input index with t - j*up >= 0
+    j = j_hi[:, None] - np.arange(taps)[None, :]
+    k = t[:, None] - j * up  # filter index
+    valid = (k < len(h)) & (j >= 0) & (j < len(x))
+    vals = np.where(valid, x[np.clip(j, 0, len(x) - 1)] * h[np.clip(k, 0, len(h) - 1)], 0.0)
+    return vals.sum(axis=1)
+
+
+def _scipy_upfirdn():
+    try:
+        from scipy.signal import upfirdn  # noqa: PLC0415
+    except Exception:  # scipy missing or broken
+        return None
+    return upfirdn
+
+
+def resampler_name() -> str:
+    """``"scipy"`` when ``scipy.signal.upfirdn`` runs the filter, else ``"numpy-polyphase"``."""
+    import importlib.util  # noqa: PLC0415
+
+    return "scipy" if importlib.util.find_spec("scipy") is not None else "numpy-polyphase"
+
+
+@functools.lru_cache(maxsize=8)
+def _poly_filter(up: int, down: int) -> tuple[np.ndarray, int]:
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    return _kaiser_lowpass(half_len, 1.0 / max_rate) * up, half_len
+
+
+def _resample_poly_scipy(upfirdn, x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """``scipy.signal.resample_poly(x, up, down)`` with the filter designed once."""
+    h, half_len = _poly_filter(up, down)
+    n_out = -(-len(x) * up // down)
+    n_pre_pad = down - half_len % down
+    n_pre_remove = (half_len + n_pre_pad) // down
+    # upfirdn's output length for a filter of length L: ((len(x) - 1) * up + L - 1) // down + 1
+    need = n_out + n_pre_remove
+    n_post_pad = 0
+    while ((len(x) - 1) * up + len(h) + n_pre_pad + n_post_pad - 1) // down + 1 < need:
+        n_post_pad += 1
+    hp = np.concatenate([np.zeros(n_pre_pad), h, np.zeros(n_post_pad)])
+    return upfirdn(hp, np.asarray(x, dtype=np.float64), up, down)[n_pre_remove : n_pre_remove + n_out]
+
+
+def resample_poly(x: np.ndarray, orig_sr: int, target_sr: int, backend: str = "auto") -> np.ndarray:
+    """Resample a 1-D float waveform from ``orig_sr`` to ``target_sr`` with a
+    polyphase FIR filter (the filter and alignment of ``scipy.signal.resample_poly``).
+
+    ``backend``: ``"auto"`` (SciPy's ``upfirdn`` if installed, else NumPy),
+    ``"scipy"`` or ``"numpy"``; both give the same result to float rounding."""
+    from math import gcd  # noqa: PLC0415
+
+    if orig_sr == target_sr:
+        return np.asarray(x, dtype=np.float32)
+    g = gcd(int(orig_sr), int(target_sr))
+    up, down = int(target_sr) // g, int(orig_sr) // g
+    upfirdn = _scipy_upfirdn() if backend in ("auto", "scipy") else None
+    if backend == "scipy" and upfirdn is None:
+        raise ImportError("resample_poly(backend='scipy'): scipy is not installed")
+    y = _resample_poly_scipy(upfirdn, x, up, down) if upfirdn is not None else _resample_poly_numpy(x, up, down)
+    return y.astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# espeak-ng
+# --------------------------------------------------------------------------
+
+
+def espeak_binary() -> str | None:
+    """Path of the espeak-ng binary ($PROXOPT_ESPEAK, else ``espeak-ng`` on PATH)."""
+    env = os.environ.get("PROXOPT_ESPEAK")
+    if env:
+        return env if (os.path.exists(env) or shutil.which(env)) else None
+    return shutil.which("espeak-ng")
+
+
+def espeak_version() -> str:
+    exe = espeak_binary()
+    if exe is None:
+        raise EspeakUnavailableError(f"espeak-ng was not found: {ESPEAK_INSTALL_HINT}")
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=True)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EspeakUnavailableError(f"espeak-ng at {exe} does not run ({e}): {ESPEAK_INSTALL_HINT}") from e
+    return out.stdout.strip().split(" Data at")[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _espeak_variants(exe: str) -> frozenset[str]:
+    out = subprocess.run([exe, "--voices=variant"], capture_output=True, text=True, timeout=60)
+    names = set()
+    for line in out.stdout.splitlines()[1:]:
+        for field_ in line.split():
+            if field_.startswith("!v/"):
+                names.add(field_[3:])
+    return frozenset(names)
+
+
+def espeak_variants() -> frozenset[str]:
+    """The voice variants (``+m3``, ``+f2``, ``+klatt`` ...) this espeak-ng knows."""
+    exe = espeak_binary()
+    if exe is None:
+        raise EspeakUnavailableError(f"espeak-ng was not found: {ESPEAK_INSTALL_HINT}")
+    return _espeak_variants(exe)
+
+
+def espeak_available() -> bool:
+    """True when espeak-ng runs and can synthesize a word."""
+    try:
+        espeak_version()
+        wav, sr = espeak_synthesize("yes", "en")
+        return sr > 0 and len(wav) > 0
+    except (EspeakUnavailableError, RuntimeError):
+        return False
+
+
+def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
+    """A 16-bit PCM WAV from espeak-ng --stdout (whose size fields are placeholders)."""
+    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise RuntimeError(f"espeak-ng did not write a WAV file ({len(data)} bytes)")
+    pos, sr, channels, bits = 12, None, 1, 16
+    while pos + 8 <= len(data):
+        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if tag == b"fmt ":
+            _, channels, sr, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
+            pos += 8 + size
+        elif tag == b"data":
+            pcm = data[pos + 8 :]  # to the end: espeak streams with an unknown size
+            break
+        else:
+            pos += 8 + size
+    else:
+        raise RuntimeError("espeak-ng WAV has no data chunk")
+    if bits != 16 or sr is None:
+        raise RuntimeError(f"unsupported WAV from espeak-ng: {bits} bits, rate {sr}")
+    pcm = pcm[: len(pcm) // (2 * channels) * 2 * channels]
+    wav = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    if channels > 1:
+        wav = wav.reshape(-1, channels).mean(axis=1)
+    return wav, int(sr)
+
+
+def espeak_synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50) -> tuple[np.ndarray, int]:
+    """Speak ``text`` with espeak-ng; returns (float32 waveform, sample rate)."""
+    exe = espeak_binary()
+    if exe is None:
+        raise EspeakUnavailableError(f"espeak-ng was not found: {ESPEAK_INSTALL_HINT}")
+    cmd = [exe, "-v", voice, "-s", str(int(rate)), "-p", str(int(pitch)), "--stdout", text]
+    try:
+        res = subprocess.run(cmd, capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EspeakUnavailableError(f"espeak-ng failed to run ({e}): {ESPEAK_INSTALL_HINT}") from e
+    if res.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {res.stderr.decode(errors='replace').strip()}")
+    wav, sr = _parse_wav(res.stdout)
+    if len(wav) == 0 or not np.any(wav):
+        raise RuntimeError(f"espeak-ng produced no audio for {text!r} with voice {voice!r} (unknown voice?)")
+    return wav, sr
+
+
+def espeak_synthesize_many(
+    calls: Sequence[tuple[str, str, int, int]], workers: int | None = None
+) -> list[tuple[np.ndarray, int]]:
+    """Run many ``(text, voice, rate, pitch)`` syntheses, ``workers`` espeak-ng
+    processes at a time (threads that each wait on one ``espeak-ng --stdout``
+    child; default one per core). Results in call order; each call is
+    deterministic, so the result does not depend on ``workers``."""
+    workers = max(1, min(workers or os.cpu_count() or 1, len(calls) or 1))
+    if workers == 1:
+        return [espeak_synthesize(*c) for c in calls]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda c: espeak_synthesize(*c), calls))
+
+
+# --------------------------------------------------------------------------
+# The synthetic keyword-spotting corpus
+# --------------------------------------------------------------------------
+
+DEFAULT_KEYWORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+DEFAULT_UNKNOWN = ("bed", "bird", "cat", "dog", "happy", "house", "tree", "wow", "seven", "zero", "learn", "follow")
+DEFAULT_ACCENTS = (
+    "en",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
+)
+# espeak-ng voice variants (espeak-ng-data/voices/!v): one "speaker" each
+DEFAULT_VARIANTS = (
+    "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8",
+    "f1", "f2", "f3", "f4", "f5",
+    "klatt", "klatt2", "klatt3", "klatt4", "klatt6",
+    "Alex", "Annie", "Andy", "aunty", "belinda", "benjamin", "boris", "caleb",
+    "david", "ed", "edward", "grandma", "grandpa", "iven", "john", "linda",
+    "max", "michel", "norbert", "paul", "pedro", "quincy", "robert", "steph",
+)  # fmt: skip
+
+UNKNOWN_LABEL = "_unknown_"
+SILENCE_LABEL = "_silence_"
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """What :func:`synthesize_corpus` makes. Every field enters the cache key."""
+
+    keywords: tuple[str, ...] = DEFAULT_KEYWORDS
+    unknown_words: tuple[str, ...] = DEFAULT_UNKNOWN  # empty: no _unknown_ class
+    silence: bool = True  # a _silence_ class of noise-only clips
+    variants: tuple[str, ...] = DEFAULT_VARIANTS[:40]  # speakers
+    accents: tuple[str, ...] = DEFAULT_ACCENTS
+    reps: int = 4  # utterances per (speaker, class)
+    rate: tuple[int, int] = (120, 220)  # espeak words per minute, uniform
+    pitch: tuple[int, int] = (25, 75)  # espeak pitch 0..99, uniform
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+    noise: bool = True  # mix white / pink / brown noise
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    gain_db: tuple[float, float] = (-18.0, 0.0)  # applied to the mixture, peak-limited to 1
+    seed: int = 0
+
+    @property
+    def label_names(self) -> list[str]:
+        names = list(self.keywords)
+        if self.unknown_words:
+            names.append(UNKNOWN_LABEL)
+        if self.silence:
+            names.append(SILENCE_LABEL)
+        return names
+
+    def with_(self, **kw: Any) -> "SynthSpec":
+        return dataclasses.replace(self, **kw)
+
+
+def tiny_spec(**kw: Any) -> SynthSpec:
+    """A corpus of seconds: 2 keywords, 2 speakers, no extra classes (for tests)."""
+    base = dict(keywords=("yes", "no"), unknown_words=(), silence=False, variants=("m3", "f2"), accents=("en-us", "en"), reps=3)
+    base.update(kw)
+    return SynthSpec(**base)
+
+
+def _colored_noise(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:
+    white = rng.standard_normal(n)
+    if kind == "white":
+        out = white
+    else:
+        alpha = {"pink": 1.0, "brown": 2.0}[kind]
+        spec = np.fft.rfft(white)
+        f = np.fft.rfftfreq(n)
+        f[0] = f[1]
+        out = np.fft.irfft(spec / f ** (alpha / 2), n)
+    return (out / (np.sqrt(np.mean(out**2)) + 1e-12)).astype(np.float32)
+
+
+NOISE_KINDS = ("white", "pink", "brown")
+
+
+def add_noise(
+    speech: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float], ref_rms: float | None = None
+) -> tuple[np.ndarray, dict]:
+    """Mix ``speech`` with white/pink/brown noise at an SNR drawn from ``snr_db``
+    (relative to ``ref_rms``, default the RMS of the non-silent part)."""
+    kind = NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]
+    snr = float(rng.uniform(*snr_db))
+    if ref_rms is None:
+        active = speech[np.abs(speech) > 1e-4]
+        ref_rms = float(np.sqrt(np.mean(active**2))) if active.size else 1e-3
+    noise = _colored_noise(rng, len(speech), kind) * (ref_rms / 10 ** (snr / 20))
+    return (speech + noise).astype(np.float32), {"noise": kind, "snr_db": snr}
+
+
+def _trim(wav: np.ndarray, sr: int, top_db: float = 40.0) -> np.ndarray:
+    """Drop leading/trailing frames more than ``top_db`` below the loudest frame."""
+    frame = max(1, sr // 100)
+    n = len(wav) // frame
+    if n == 0:
+        return wav
+    energy = (wav[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
+    keep = np.nonzero(energy > energy.max() * 10 ** (-top_db / 10))[0]
+    if keep.size == 0:
+        return wav
+    return wav[max(0, (keep[0] - 1) * frame) : min(len(wav), (keep[-1] + 2) * frame)]
+
+
+@dataclass
+class _Utt:
+    label: int
+    group: int
+    text: str | None  # None: silence
+    voice: str
+    rate: int
+    pitch: int
+
+
+def _plan(spec: SynthSpec) -> list[_Utt]:
+    """Every utterance's label, speaker, text, accent, rate and pitch, from the seed."""
+    rng = np.random.default_rng([spec.seed, 0])
+    names = spec.label_names
+    plan = []
+    for g, variant in enumerate(spec.variants):
+        for label, name in enumerate(names):
+            for _ in range(spec.reps):
+                accent = spec.accents[int(rng.integers(len(spec.accents)))]
+                rate = int(rng.integers(spec.rate[0], spec.rate[1] + 1))
+                pitch = int(rng.integers(spec.pitch[0], spec.pitch[1] + 1))
+                if name == SILENCE_LABEL:
+                    text = None
+                elif name == UNKNOWN_LABEL:
+                    text = spec.unknown_words[int(rng.integers(len(spec.unknown_words)))]
+                else:
+                    text = name
+                plan.append(_Utt(label, g, text, f"{accent}+{variant}", rate, pitch))
+    return plan
+
+
+def _render(spec: SynthSpec, index: int, utt: _Utt, raw: tuple[np.ndarray, int] | None) -> tuple[np.ndarray, dict]:
+    """Resample, trim, place in the clip, add noise and gain: one utterance."""
+    rng = np.random.default_rng([spec.seed, 1, index])
+    n = int(round(spec.clip_seconds * spec.sample_rate))
+    clip = np.zeros(n, dtype=np.float32)
+    meta: dict[str, Any] = {}
+    ref = None
+    if raw is not None:
+        wav, sr = raw
+        wav = _trim(resample_poly(wav, sr, spec.sample_rate), spec.sample_rate)
+        if len(wav) > n:  # too long for the clip: keep the middle
+            start = (len(wav) - n) // 2
+            wav = wav[start : start + n]
+        wav = wav / (np.abs(wav).max() + 1e-9) * 0.5
+        offset = int(rng.integers(0, n - len(wav) + 1))
+        clip[offset : offset + len(wav)] = wav
+        ref = float(np.sqrt(np.mean(wav**2)))
+        meta["speech_samples"] = len(wav)
+    if spec.noise:
+        if raw is None:  # silence: noise at the levels utterances get (speech RMS ~0.1)
+            ref = 0.1
+        clip, info = add_noise(clip, rng, spec.snr_db, ref_rms=ref)
+        meta.update(info)
+    gain = float(rng.uniform(*spec.gain_db))
+    clip = clip * 10 ** (gain / 20)
+    peak = float(np.abs(clip).max())
+    if peak > 1.0:
+        clip = clip / peak
+    meta["gain_db"] = gain
+    return clip.astype(np.float32), meta
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("PROXOPT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "proxopt"
+
+
+def spec_key(spec: SynthSpec) -> str:
+    """The cache key: the spec, the format version, espeak-ng's version and the resampler."""
+    blob = json.dumps(
+        {"spec": dataclasses.asdict(spec), "format": FORMAT_VERSION, "espeak": espeak_version(), "resampler": resampler_name()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def synthesize_corpus(
+    spec: SynthSpec | None = None,
+    out: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+    workers: int | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Make (or reuse from the cache) the espeak-ng corpus of ``spec``; returns its path.
+
+    With ``out`` the file is (also) written there. ``workers`` espeak-ng
+    processes run side by side (default: one per core)."""
+    spec = spec or SynthSpec()
+    if len(spec.label_names) < 2:
+        raise ValueError("SynthSpec needs at least 2 classes")
+    if len(spec.variants) < 2:
+        raise ValueError("SynthSpec needs at least 2 speaker variants (the split holds speakers out)")
+    key = spec_key(spec)
+    known = espeak_variants()
+    unknown = [v for v in spec.variants if v not in known]
+    if unknown and known:  # espeak-ng would silently use the default voice
+        raise ValueError(f"espeak-ng has no voice variant(s) {unknown}; known: {', '.join(sorted(known))}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cached = cache / "speech" / f"kws-{key}.npz"
+    if use_cache and cached.exists():
+        try:
+            load_corpus(cached)
+        except CorpusFormatError:
+            cached.unlink()
+        else:
+            if verbose:
+                print(f"[data] cached corpus {cached}", file=sys.stderr)
+            if out is not None and Path(out).resolve() != cached.resolve():
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(cached, out)
+                return Path(out)
+            return cached
+
+    t0 = time.perf_counter()
+    plan = _plan(spec)
+    # one espeak-ng call per distinct (text, voice, rate, pitch)
+    calls = sorted({(u.text, u.voice, u.rate, u.pitch) for u in plan if u.text is not None})
+    workers = workers or os.cpu_count() or 1
+    raws = dict(zip(calls, espeak_synthesize_many(calls, workers)))
+    t1 = time.perf_counter()
+    audio, metas = [], []
+    for i, u in enumerate(plan):
+        raw = raws[(u.text, u.voice, u.rate, u.pitch)] if u.text is not None else None
+        clip, meta = _render(spec, i, u, raw)
+        audio.append(clip)
+        metas.append(meta)
+    t2 = time.perf_counter()
+    if verbose:
+        print(
+            f"[data] {len(plan)} utterances, {len(calls)} espeak-ng calls in {t1 - t0:.1f}s "
+            f"({workers} workers), resample ({resampler_name()}) + augment {t2 - t1:.1f}s",
+            file=sys.stderr,
+        )
+    target = cached if use_cache else Path(out if out is not None else cached)
+    save_corpus(
+        target,
+        labels=[u.label for u in plan],
+        audio=audio,
+        sample_rate=spec.sample_rate,
+        groups=[u.group for u in plan],
+        label_names=spec.label_names,
+        group_names=list(spec.variants),
+    )
+    if out is not None and Path(out).resolve() != target.resolve():
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(target, out)
+        return Path(out)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m proxopt.speech.data", description="Synthesize the espeak-ng keyword-spotting corpus.")
+    p.add_argument("--out", help="write the .npz here (it is cached anyway)")
+    p.add_argument("--tiny", action="store_true", help="2 keywords, 2 speakers (seconds)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reps", type=int, help="utterances per (speaker, class)")
+    p.add_argument("--speakers", type=int, help="number of espeak variants (speakers)")
+    p.add_argument("--no-noise", action="store_true", help="clean speech (no noise mixed in)")
+    p.add_argument("--cache", help=f"cache directory (default {default_cache_dir()})")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--check", metavar="FILE", help="only validate FILE.npz and print a summary")
+    args = p.parse_args(argv)
+    if args.check:
+        print(load_corpus(args.check).summary())
+        return 0
+    spec = tiny_spec() if args.tiny else SynthSpec()
+    changes: dict[str, Any] = {"seed": args.seed}
+    if args.reps:
+        changes["reps"] = args.reps
+    if args.speakers:
+        if args.speakers > len(DEFAULT_VARIANTS):
+            p.error(f"--speakers: at most {len(DEFAULT_VARIANTS)}")
+        changes["variants"] = DEFAULT_VARIANTS[: args.speakers]
+    if args.no_noise:
+        changes["noise"] = False
+    spec = spec.with_(**changes)
+    path = synthesize_corpus(spec, args.out, cache_dir=args.cache, use_cache=not args.no_cache, verbose=True)
+    print(f"{path}: {load_corpus(path).summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
