@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "../proxopt/bind_hyper.h"
+
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -158,33 +160,8 @@ bool step(const Hyper& h, int dtype, const std::vector<uintptr_t>& params,
 }  // namespace proxopt::cpu
 
 PYBIND11_MODULE(_C, m) {
-  using proxopt::Hyper;
   m.doc() = "proxopt CPU kernels (raw pointers; see python/proxopt/_fused.py)";
-  py::class_<Hyper>(m, "Hyper")
-      .def(py::init<>())
-      .def_readwrite("rule", &Hyper::rule)
-      .def_readwrite("lr", &Hyper::lr)
-      .def_readwrite("beta1", &Hyper::beta1)
-      .def_readwrite("beta2", &Hyper::beta2)
-      .def_readwrite("eps", &Hyper::eps)
-      .def_readwrite("weight_decay", &Hyper::weight_decay)
-      .def_readwrite("momentum", &Hyper::momentum)
-      .def_readwrite("dampening", &Hyper::dampening)
-      .def_readwrite("alpha", &Hyper::alpha)
-      .def_readwrite("lr_decay", &Hyper::lr_decay)
-      .def_readwrite("l1", &Hyper::l1)
-      .def_readwrite("l2", &Hyper::l2)
-      .def_readwrite("l0", &Hyper::l0)
-      .def_readwrite("lo", &Hyper::lo)
-      .def_readwrite("hi", &Hyper::hi)
-      .def_readwrite("maximize", &Hyper::maximize)
-      .def_readwrite("decoupled_weight_decay", &Hyper::decoupled_weight_decay)
-      .def_readwrite("amsgrad", &Hyper::amsgrad)
-      .def_readwrite("nesterov", &Hyper::nesterov)
-      .def_readwrite("centered", &Hyper::centered)
-      .def_readwrite("adaptive", &Hyper::adaptive)
-      .def_readwrite("group_lasso", &Hyper::group_lasso)
-      .def_readwrite("max_norm", &Hyper::max_norm);
+  proxopt::bind_hyper(m);
   m.def("step", &proxopt::cpu::step, py::arg("hyper"), py::arg("dtype"), py::arg("params"),
         py::arg("grads"), py::arg("states"), py::arg("steps"), py::arg("step_dtype"),
         py::arg("numels"), py::arg("fresh"), py::arg("grad_scale"), py::arg("found_inf"),

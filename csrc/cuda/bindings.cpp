@@ -7,6 +7,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "../proxopt/bind_hyper.h"
+
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -307,7 +309,6 @@ std::pair<int, int> launch_limits(const Hyper& h, int dtype) {
 }  // namespace proxopt::cuda
 
 PYBIND11_MODULE(_C_cuda, m) {
-  using proxopt::Hyper;
   namespace pc = proxopt::cuda;
   m.doc() = "proxopt CUDA kernels (raw pointers; see python/proxopt/_fused_cuda.py)";
   py::register_exception_translator([](std::exception_ptr p) {
@@ -319,31 +320,7 @@ PYBIND11_MODULE(_C_cuda, m) {
   });
   // The same fields as proxopt._C.Hyper; module-local so both modules can
   // register the one C++ type.
-  py::class_<Hyper>(m, "Hyper", py::module_local())
-      .def(py::init<>())
-      .def_readwrite("rule", &Hyper::rule)
-      .def_readwrite("lr", &Hyper::lr)
-      .def_readwrite("beta1", &Hyper::beta1)
-      .def_readwrite("beta2", &Hyper::beta2)
-      .def_readwrite("eps", &Hyper::eps)
-      .def_readwrite("weight_decay", &Hyper::weight_decay)
-      .def_readwrite("momentum", &Hyper::momentum)
-      .def_readwrite("dampening", &Hyper::dampening)
-      .def_readwrite("alpha", &Hyper::alpha)
-      .def_readwrite("lr_decay", &Hyper::lr_decay)
-      .def_readwrite("l1", &Hyper::l1)
-      .def_readwrite("l2", &Hyper::l2)
-      .def_readwrite("l0", &Hyper::l0)
-      .def_readwrite("lo", &Hyper::lo)
-      .def_readwrite("hi", &Hyper::hi)
-      .def_readwrite("maximize", &Hyper::maximize)
-      .def_readwrite("decoupled_weight_decay", &Hyper::decoupled_weight_decay)
-      .def_readwrite("amsgrad", &Hyper::amsgrad)
-      .def_readwrite("nesterov", &Hyper::nesterov)
-      .def_readwrite("centered", &Hyper::centered)
-      .def_readwrite("adaptive", &Hyper::adaptive)
-      .def_readwrite("group_lasso", &Hyper::group_lasso)
-      .def_readwrite("max_norm", &Hyper::max_norm);
+  proxopt::bind_hyper(m, py::module_local());
   m.def("step", &pc::step, py::arg("hyper"), py::arg("dtype"), py::arg("params"),
         py::arg("grads"), py::arg("states"), py::arg("steps"), py::arg("step_dtype"),
         py::arg("numels"), py::arg("fresh"), py::arg("grad_scale"), py::arg("device"),
