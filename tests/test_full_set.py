@@ -306,3 +306,14 @@ def test_sparsity_report():
     table = rep.table()
     assert "0.weight" in table and "total" in table and "3/4" in table
     assert math.isclose(rep.fraction, rep.zeros / rep.numel)
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (3, 40, 700)])  # the second spans several chunks
+@pytest.mark.parametrize("dim", [0, 1, 2, -1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_group_proxes_on_3d_tensors_match_reference(shape, dim, dtype):
+    kw = dict(lr=0.05, group_lasso=0.02, group_dim=dim, max_norm=3.0, max_norm_dim=dim, bounds=(-0.3, 0.4))
+    fused = _matrix_run(proxopt.AdamW, shape=shape, dtype=dtype, **kw)
+    ref = _matrix_run(proxopt.AdamW, shape=shape, dtype=dtype, fused=False, **kw)
+    torch.testing.assert_close(fused, ref, **TOL[dtype])
+    assert fused.min() >= -0.3 and fused.max() <= 0.4

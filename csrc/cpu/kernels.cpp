@@ -203,6 +203,20 @@ void run_rows(const CpuCall& c, const Chunk& ch) {
   }
 }
 
+// Calls run(e, len, group) over [begin, end) split into runs of consecutive
+// elements whose group index is known without a division per element. With
+// inner == 1 (e.g. columns of a matrix) consecutive elements cycle through
+// the groups: run(e, len, q) then covers groups q, q+1, ..., q+len-1.
+template <class Run>
+void for_group_runs(int64_t begin, int64_t end, int64_t groups, int64_t inner, Run&& run) {
+  for (int64_t e = begin; e < end;) {
+    const int64_t q = (e / inner) % groups;
+    const int64_t len = inner == 1 ? std::min(end - e, groups - q) : std::min(end - e, inner - e % inner);
+    run(e, len, q);
+    e += len;
+  }
+}
+
 // Strided groups, pass 1: the step, with each square added to its group's sum.
 template <class Rule, class T>
 void run_strided_pass1(const CpuCall& c, const Chunk& ch, double* sums) {
@@ -212,10 +226,17 @@ void run_strided_pass1(const CpuCall& c, const Chunk& ch, double* sums) {
   step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[t].template cast<M>(), p.w, p.g, p.s[0],
                          p.s[1], p.s[2], [&](int64_t off, int n, const M* nw) {
                            store_weights(nw, p.w + off, n);
-                           for (int j = 0; j < n; ++j) {
-                             const int64_t e = ch.begin + off + j;
-                             sums[(e / inner) % groups] += double(nw[j]) * double(nw[j]);
-                           }
+                           const int64_t e0 = ch.begin + off;
+                           for_group_runs(e0, e0 + n, groups, inner, [&](int64_t e, int64_t len, int64_t q) {
+                             const M* x = nw + (e - e0);
+                             if (inner == 1) {
+                               double* __restrict acc = sums + q;
+#pragma GCC ivdep
+                               for (int64_t j = 0; j < len; ++j) acc[j] += double(x[j]) * double(x[j]);
+                             } else {
+                               sums[q] += sum_squares(x, int(len));
+                             }
+                           });
                          });
 }
 
@@ -225,15 +246,27 @@ void run_strided_pass2(const CpuCall& c, const Chunk& ch, double* sums) {
   using M = typename MathType<T>::type;
   const int64_t t = ch.tensor, groups = c.group_count[t], inner = c.group_inner[t];
   const Coeffs<M> k = c.coeffs[t].template cast<M>();
-  thread_local std::vector<M> factor;
+  thread_local std::vector<M> factor, buf;
   factor.resize(size_t(groups));
   for (int64_t q = 0; q < groups; ++q) factor[q] = group_factor(M(std::sqrt(sums[q])), k);
   T* w = reinterpret_cast<T*>(c.params[t]);
-  for (int64_t e = ch.begin; e < ch.end; ++e) {
-    M v = load(w[e]);
-    apply_group(1, &v, factor[(e / inner) % groups], k);
-    w[e] = store<T>(v);
-  }
+  for_group_runs(ch.begin, ch.end, groups, inner, [&](int64_t e, int64_t len, int64_t q) {
+    for (int64_t j0 = 0; j0 < len; j0 += kTile) {
+      const int n = int(std::min<int64_t>(kTile, len - j0));
+      buf.resize(kTile);
+      M* v = buf.data();
+      widen(w + e + j0, v, n);
+      if (inner == 1) {
+        const M* f = factor.data() + q + j0;
+#pragma GCC ivdep
+        for (int j = 0; j < n; ++j) v[j] = v[j] * f[j];
+        apply_group(n, v, M(1), k);  // the clamp (scaling by 1 is exact)
+      } else {
+        apply_group(n, v, factor[q], k);
+      }
+      narrow(v, w + e + j0, n);
+    }
+  });
 }
 
 template <class Rule, class T>
