@@ -8,6 +8,7 @@
 #include <pybind11/stl.h>
 
 #include "../proxopt/bind_hyper.h"
+#include "../proxopt/step_checks.h"
 
 #include <cuda_runtime_api.h>
 
@@ -131,29 +132,15 @@ void step(const Hyper& h, int dtype, const std::vector<uintptr_t>& params,
           const std::vector<uintptr_t>& steps, int step_dtype, const std::vector<int64_t>& numels,
           const std::vector<bool>& fresh, uintptr_t grad_scale, int device, uintptr_t stream) {
   // Every check happens before the first write.
+  check_step_lists("proxopt._C_cuda.step", h, dtype, params, grads, states, steps, step_dtype, numels,
+                   fresh);
   check_hyper(h, dtype);
   const size_t n = params.size();
-  require(grads.size() == n, "grads has " + std::to_string(grads.size()) + " entries, params " +
-                                 std::to_string(n));
-  require(numels.size() == n, "numels and params differ in length");
   const int nstates = state_count(h);
-  require(int(states.size()) == nstates, "rule needs " + std::to_string(nstates) +
-                                             " state lists, got " + std::to_string(states.size()));
-  for (const auto& s : states) require(s.size() == n, "a state list and params differ in length");
   const bool has_steps = RuleKind(h.rule) != RuleKind::kSgd;
-  require(steps.size() == (has_steps ? n : 0), "steps has the wrong length");
-  require(step_dtype == 0 || step_dtype == 1, "step dtype must be float32 (0) or float64 (1)");
-  require(fresh.empty() || fresh.size() == n, "fresh and params differ in length");
   require(device >= 0, "device index must be >= 0, got " + std::to_string(device));
   bool any_work = false;
-  for (size_t i = 0; i < n; ++i) {
-    require(numels[i] >= 0, "negative numel");
-    if (numels[i] == 0) continue;
-    any_work = true;
-    require(params[i] != 0 && grads[i] != 0, "null data pointer");
-    for (const auto& s : states) require(s[i] != 0, "null state pointer");
-  }
-  for (size_t i = 0; i < steps.size(); ++i) require(steps[i] != 0, "null step pointer");
+  for (size_t i = 0; i < n; ++i) any_work = any_work || numels[i] > 0;
   const LaunchFn fn = select_launch(h, dtype);
   require(fn != nullptr, "no kernel for this rule and dtype");
 
