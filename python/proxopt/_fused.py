@@ -73,38 +73,6 @@ def to_c(h: Hyper):
     return c
 
 
-def cpu_step(
-    h: Hyper,
-    params: list[Tensor],
-    grads: list[Tensor],
-    states: list[list[Tensor]],
-    steps: list[Tensor] | None,
-    fresh: list[bool],
-    grad_scale: Tensor | None,
-    found_inf: Tensor | None,
-    group_shapes: list[tuple[int, int, int]] | None = None,
-) -> bool:
-    """One kernel call over tensors of one dtype; False if found_inf skipped it."""
-    dtype = kernel_dtype(params[0])
-    ptrs, numels = zip(*map(_ptr_numel, params))
-    step_dtype = steps[0].dtype if steps else torch.float32
-    return _backend._C.step(
-        to_c(h),
-        DTYPE_CODES[dtype],
-        list(ptrs),
-        [g.data_ptr() for g in grads],
-        [[t.data_ptr() for t in per_key] for per_key in states],
-        [s.data_ptr() for s in steps] if steps else [],
-        STEP_DTYPE_CODES[step_dtype],
-        list(numels),
-        fresh,
-        grad_scale.data_ptr() if grad_scale is not None else 0,
-        found_inf.data_ptr() if found_inf is not None else 0,
-        group_shapes or [],
-        torch.get_num_threads(),
-    )
-
-
 def has_cpu_kernels() -> bool:
     return _backend._C is not None
 

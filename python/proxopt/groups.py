@@ -4,7 +4,7 @@ regularizers need (they are not defined on 1-D tensors)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -27,9 +27,6 @@ EMBEDDING_TYPES: tuple[type[nn.Module], ...] = (nn.Embedding, nn.EmbeddingBag)
 
 # Everything a group sets to switch regularization off.
 _NO_REGULARIZATION: dict[str, Any] = {**REGULARIZER_DEFAULTS, "weight_decay": 0.0}
-
-Rule = "str | type[nn.Module] | Callable[[str, torch.Tensor, nn.Module], bool]"
-
 
 def _excluded(rule, name: str, p: torch.Tensor, module: nn.Module) -> bool:
     if isinstance(rule, type):

@@ -9,7 +9,6 @@ Subclasses say which rule they are and which state they keep.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -450,8 +449,3 @@ def check_nonneg(name: str, value: Any, label: str | None = None) -> None:
     v = _scalar(value)
     if not v >= 0.0:
         raise ValueError(f"Invalid {label or name} value: {value}")
-
-
-def check_finite(name: str, value: Any) -> None:
-    if not math.isfinite(_scalar(value)):
-        raise ValueError(f"Invalid {name} value: {value}")
