@@ -31,8 +31,8 @@ _CODES = {
 
 
 def cpu_args(param: Tensor, grad: Tensor, states, step: Tensor | None):
-    """The CPU kernel's arguments for one tensor, (param ptr, state ptrs,
-    numel, dtype code, step ptr, step dtype code), or None when the kernel
+    """The CPU kernel's arguments for one tensor, (param ptr, grad ptr, state
+    ptrs, numel, dtype code, step ptr, step dtype code), or None when the kernel
     cannot update it in place (the reference then does, never through a
     silent ``.contiguous()`` copy). Checked every step, in one pass:
     ``.data`` may have rebound any of these tensors to other memory."""
@@ -49,16 +49,11 @@ def cpu_args(param: Tensor, grad: Tensor, states, step: Tensor | None):
             return None
         ptrs.append(s.data_ptr())
     if step is None:
-        return param.data_ptr(), ptrs, n * code[1], code[0], 0, 0
+        return param.data_ptr(), grad.data_ptr(), ptrs, n * code[1], code[0], 0, 0
     step_code = STEP_DTYPE_CODES.get(step.dtype)
     if step_code is None or not step.is_cpu or step.numel() != 1:
         return None
-    return param.data_ptr(), ptrs, n * code[1], code[0], step.data_ptr(), step_code
-
-
-def cpu_kernel_takes(param: Tensor, grad: Tensor, states, step: Tensor | None) -> bool:
-    """Whether the CPU kernel can update this tensor in place (see cpu_args)."""
-    return cpu_args(param, grad, states, step) is not None
+    return param.data_ptr(), grad.data_ptr(), ptrs, n * code[1], code[0], step.data_ptr(), step_code
 
 
 def _ptr_numel(t: Tensor) -> tuple[int, int]:

@@ -108,6 +108,23 @@ def cuda_kernel_takes(param: Tensor, grad: Tensor, states: list[Tensor], step: T
     return _device_usable(param.device.index)
 
 
+def cuda_args(param: Tensor, grad: Tensor, states, step: Tensor | None):
+    """The CUDA kernel's arguments for one tensor, in the form of
+    ``_fused.cpu_args``, or None when the CUDA kernel cannot take it."""
+    if not param.is_cuda or not cuda_kernel_takes(param, grad, list(states), step):
+        return None
+    ptr, numel = _ptr_numel(param)
+    return (
+        ptr,
+        grad.data_ptr(),
+        [t.data_ptr() for t in states],
+        numel,
+        DTYPE_CODES[kernel_dtype(param)],
+        step.data_ptr() if step is not None else 0,
+        STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
+    )
+
+
 def _to_c(h: Hyper) -> Any:
     if getattr(h, "group_lasso", 0) or getattr(h, "max_norm", 0):
         raise NotImplementedError(

@@ -10,7 +10,7 @@ Subclasses say which rule they are and which state they keep.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -78,9 +78,7 @@ class ProxOptimizer(Optimizer):
     # ---- construction and param groups -----------------------------------
 
     def __init__(self, params, defaults: dict) -> None:
-        for key in ("differentiable", "capturable"):
-            if defaults.get(key):
-                raise NotImplementedError(f"proxopt.{type(self).__name__} does not support {key}=True")
+        # differentiable/capturable are checked per group by add_param_group.
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         super().__init__(params, {**defaults, **{k: v for k, v in REGULARIZER_DEFAULTS.items() if k not in defaults}})
@@ -111,12 +109,16 @@ class ProxOptimizer(Optimizer):
         for i, p in enumerate(group["params"]):
             if not (p.is_floating_point() or p.is_complex()):
                 raise ValueError(f"{self._label(group, i)}: can only optimize floating point or complex tensors, got {p.dtype}")
-            if prox and p.is_complex():
-                raise ValueError(
-                    f"{self._label(group, i)} is complex: proximal regularizers (l1, l2, l0, bounds, group) "
-                    "are not defined for complex parameters; put it in a param group without them"
-                )
+            if prox:
+                self._check_not_complex(group, i, p)
         self._check_overlap()
+
+    def _check_not_complex(self, group: dict, i: int, p: Tensor) -> None:
+        if p.is_complex():
+            raise ValueError(
+                f"{self._label(group, i)} is complex: proximal regularizers (l1, l2, l0, bounds, group) "
+                "are not defined for complex parameters; put it in a param group without them"
+            )
 
     def _check_overlap(self) -> None:
         """Parameters may share a storage (views of one flat buffer) but no
@@ -273,8 +275,8 @@ class ProxOptimizer(Optimizer):
                     f"{self._label(group, i)}: its grad has shape {tuple(g.shape)}, dtype {g.dtype}, device "
                     f"{g.device}; the parameter has {tuple(p.shape)}, {p.dtype}, {p.device}"
                 )
-            if prox and p.is_complex():
-                raise ValueError(f"{self._label(group, i)} is complex: proximal regularizers are not defined for it")
+            if prox:
+                self._check_not_complex(group, i, p)
             if grouped:  # every step: group_dim may have been changed in the group
                 self._check_group_param(group, i, p)
             items.append((p, g))
@@ -315,24 +317,24 @@ class ProxOptimizer(Optimizer):
             states, step, commit = self._prepare(p, group, keys)
             if commit:  # SGD's first momentum step: the buffer is stored once the step ran
                 commits.append((p, commit))
-            entry = _entry(p, g, states, step) if use_kernel else None
-            if entry is not None and entry[6] >= 0 and gdim is not None:
-                entry = None  # group proxes have no CUDA kernel yet: the reference takes them
-            if entry is None:
+            args = _kernel_args(p, g, states, step) if use_kernel else None
+            if args is not None and args.device >= 0 and gdim is not None:
+                args = None  # group proxes have no CUDA kernel yet: the reference takes them
+            if args is None:
                 slow.append((p, g, states, step, bool(commit)))
                 continue
-            key = (entry[6], entry[3], entry[5])
+            key = (args.device, args.dtype, args.step_dtype)
             bucket = buckets.get(key)
             if bucket is None:
                 bucket = buckets[key] = _Bucket(len(keys))
-            bucket.add(entry, g, bool(commit), group_shape(tuple(local_tensor(p).shape), gdim) if gdim is not None else None)
+            bucket.add(args, bool(commit), group_shape(tuple(local_tensor(p).shape), gdim) if gdim is not None else None)
+        cpu_scale = None if grad_scale is None else grad_scale.to("cpu", torch.float32)
         for (device, dtype_code, step_code), b in buckets.items():
             steps = b.steps if self._has_step else []
             if device < 0:
                 _fused.cpu_step_ptrs(
                     h, dtype_code, b.params, b.grads, b.states, steps, step_code, b.numels, b.fresh,
-                    None if grad_scale is None else grad_scale.to("cpu", torch.float32),
-                    b.shapes if gdim is not None else None,
+                    cpu_scale, b.shapes if gdim is not None else None,
                 )
             else:
                 _fused_cuda._step_ptrs(
@@ -372,27 +374,28 @@ class ProxOptimizer(Optimizer):
         )
 
 
-def _entry(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None):
-    """The kernel arguments of one parameter: (param ptr, state ptrs, numel,
-    dtype code, step ptr, step dtype code, CUDA device index or -1 for the
-    CPU), or None if no kernel can take it."""
+class _KernelArgs(NamedTuple):
+    """What one kernel call needs of one parameter (pointers as ints)."""
+
+    param: int
+    grad: int
+    states: list[int]
+    numel: int  # elements the kernel steps (a complex tensor: its real view)
+    dtype: int  # kernel dtype code
+    step: int
+    step_dtype: int
+    device: int  # CUDA device index, -1 for the CPU
+
+
+def _kernel_args(p: Tensor, g: Tensor, states: tuple[Tensor, ...], step: Tensor | None) -> _KernelArgs | None:
+    """The kernel arguments of one parameter, or None if no kernel can take it."""
     p, g = local_tensor(p), local_tensor(g)  # DTensor (FSDP2): the local shards
     states = tuple(local_tensor(t) for t in states)
     args = _fused.cpu_args(p, g, states, step)
     if args is not None:
-        return (*args, -1)
-    if p.is_cuda and _fused_cuda.cuda_kernel_takes(p, g, list(states), step):
-        ptr, numel = _fused._ptr_numel(p)
-        return (
-            ptr,
-            [t.data_ptr() for t in states],
-            numel,
-            _fused.DTYPE_CODES[_fused.kernel_dtype(p)],
-            step.data_ptr() if step is not None else 0,
-            _fused.STEP_DTYPE_CODES[step.dtype] if step is not None else 0,
-            p.device.index,
-        )
-    return None
+        return _KernelArgs(*args, -1)
+    args = _fused_cuda.cuda_args(p, g, states, step)
+    return None if args is None else _KernelArgs(*args, p.device.index)
 
 
 def _extent(t: Tensor) -> tuple[int, int]:
@@ -421,23 +424,22 @@ def _share_elements(a: Tensor, b: Tensor) -> bool:
 class _Bucket:
     """Pointer lists of one kernel call."""
 
-    __slots__ = ("params", "grads", "states", "steps", "numels", "fresh", "shapes", "alive")
+    __slots__ = ("params", "grads", "states", "steps", "numels", "fresh", "shapes")
 
     def __init__(self, nstates: int) -> None:
         self.params, self.grads, self.steps, self.numels = [], [], [], []
-        self.fresh, self.shapes, self.alive = [], [], []
+        self.fresh, self.shapes = [], []
         self.states = [[] for _ in range(nstates)]
 
-    def add(self, entry: tuple, g: Tensor, fresh: bool, shape: tuple | None) -> None:
-        self.params.append(entry[0])
-        self.grads.append(local_tensor(g).data_ptr())
-        for lst, ptr in zip(self.states, entry[1]):
+    def add(self, args: _KernelArgs, fresh: bool, shape: tuple | None) -> None:
+        self.params.append(args.param)
+        self.grads.append(args.grad)
+        for lst, ptr in zip(self.states, args.states):
             lst.append(ptr)
-        self.steps.append(entry[4])
-        self.numels.append(entry[2])
+        self.steps.append(args.step)
+        self.numels.append(args.numel)
         self.fresh.append(fresh)
         self.shapes.append(shape)
-        self.alive.append(g)  # the grad stays alive until the call returns
 
 
 def _default_step_dtype() -> torch.dtype:
