@@ -116,8 +116,8 @@ class ProxOptimizer(Optimizer):
     def _check_not_complex(self, group: dict, i: int, p: Tensor) -> None:
         if p.is_complex():
             raise ValueError(
-                f"{self._label(group, i)} is complex: proximal regularizers (l1, l2, l0, bounds, group) "
-                "are not defined for complex parameters; put it in a param group without them"
+                f"{self._label(group, i)} is complex: proximal regularizers are not defined for complex "
+                "parameters (l1, l2, l0, bounds, group_lasso, max_norm); put it in a param group without them"
             )
 
     def _check_overlap(self) -> None:
