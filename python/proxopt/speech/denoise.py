@@ -21,10 +21,8 @@ validation MSE of the identity (the noisy input itself) for scale. Writes
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,7 +31,7 @@ import torch.nn.functional as F
 from . import data as D
 from .features import LogMel, compute_features
 from .models import count_params, denoiser, denoiser_context
-from .runs import Task, add_common_args, config_from_args, parse_runs, results_table, train_runs, write_reports
+from .runs import Task, add_common_args, run_command
 
 DEFAULTS = dict(lr=3e-3, weight_decay=1e-2, l1=1e-4, group_lasso=0.1, epochs=20, batch_size=32, out="runs/denoise")
 
@@ -138,25 +136,10 @@ def make_task(corpus: D.Corpus, args, log=print) -> tuple[Task, dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t_all = time.perf_counter()
-    runs = parse_runs(args.runs)
-    try:
-        corpus = load_clean(args, log)
-    except D.EspeakUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
+    done = run_command(args, load_clean, make_task, "val_loss", "denoise", lambda info: f"denoising, {info['n_train']} train / {info['n_val']} validation clips, {args.epochs} epochs, seed {args.seed}")
+    if done is None:
         return 2
-    task, info = make_task(corpus, args, log)
-    cfg = config_from_args(args, log)
-    results = train_runs(runs, task, cfg)
-    total = time.perf_counter() - t_all
-    config = dict(vars(args))
-    config["prox_metric_used"] = cfg.prox_metric
-    config["title"] = f"denoising, {info['n_train']} train / {info['n_val']} validation clips, {args.epochs} epochs, seed {args.seed}"
-    paths = write_reports(results, "val_loss", Path(args.out), "denoise", config, {"data": info, "wall_time_s": total})
-    print(results_table(results, "val_loss"))
+    results, info, paths, total = done
     print(f"\nidentity (noisy input) validation MSE: {info['identity_val_loss']:.4f}")
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}  (total {total:.0f}s)")
     return 0

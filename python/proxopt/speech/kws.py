@@ -39,10 +39,8 @@ removes the coupling but costs ~3% accuracy.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -51,7 +49,7 @@ import torch.nn.functional as F
 from . import data as D
 from .features import SpecAugment, compute_features, make_frontend, pad_features
 from .models import count_params, kws_cnn, min_frames
-from .runs import Task, add_common_args, config_from_args, parse_runs, results_table, train_runs, write_reports
+from .runs import Task, add_common_args, run_command
 
 DEFAULTS = dict(lr=3e-3, weight_decay=1e-2, l1=1e-3, group_lasso=0.22, epochs=25, batch_size=64, out="runs/kws")
 
@@ -169,25 +167,10 @@ def make_task(corpus: D.Corpus, args, log=print) -> tuple[Task, dict]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t_all = time.perf_counter()
-    runs = parse_runs(args.runs)
-    try:
-        corpus = load_data(args, log)
-    except D.EspeakUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
+    done = run_command(args, load_data, make_task, "accuracy", "kws", lambda info: f"KWS, {info['n_train']} train / {info['n_test']} test utterances, {args.epochs} epochs, seed {args.seed}")
+    if done is None:
         return 2
-    task, info = make_task(corpus, args, log)
-    cfg = config_from_args(args, log)
-    results = train_runs(runs, task, cfg)
-    total = time.perf_counter() - t_all
-    config = dict(vars(args))
-    config["prox_metric_used"] = cfg.prox_metric
-    config["title"] = f"KWS, {info['n_train']} train / {info['n_test']} test utterances, {args.epochs} epochs, seed {args.seed}"
-    paths = write_reports(results, "accuracy", Path(args.out), "kws", config, {"data": info, "wall_time_s": total})
-    print(results_table(results, "accuracy"))
+    results, info, paths, total = done
     print(f"\nchance (majority class of the test set): {info['chance']:.2%}; held-out speakers: {info['test_groups']}")
     b = results[0].infer_ms["batch"]
     print(f"\nprune_zero_channels (CPU inference, median ms, {torch.get_num_threads()} thread(s), batch of {b} / of 1):")

@@ -38,6 +38,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from torch import Tensor, nn
 import proxopt
 from proxopt.penalties import l1_penalty
 from proxopt.pruning import prune_zero_channels
+
+from . import data as D
 
 RUN_NAMES = ("dense", "l1-loss", "prox-l1", "prox-group")
 RUN_LABELS = {
@@ -546,3 +549,31 @@ def write_reports(
     if png is not None:
         paths["png"] = png
     return paths
+
+
+def run_command(args, load, make_task, metric: str, name: str, title) -> tuple | None:
+    """The flow both commands share: threads, corpus, task, the four runs, the
+    reports. ``load(args, log)`` gives the corpus, ``make_task(corpus, args,
+    log)`` the (Task, info) pair, ``title(info)`` the plot's title. Returns
+    (results, info, paths, total seconds), or None (after printing why) when
+    espeak-ng is missing."""
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_all = time.perf_counter()
+    runs = parse_runs(args.runs)
+    try:
+        corpus = load(args, log)
+    except D.EspeakUnavailableError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+    task, info = make_task(corpus, args, log)
+    cfg = config_from_args(args, log)
+    results = train_runs(runs, task, cfg)
+    total = time.perf_counter() - t_all
+    config = dict(vars(args))
+    config["prox_metric_used"] = cfg.prox_metric
+    config["title"] = title(info)
+    paths = write_reports(results, metric, Path(args.out), name, config, {"data": info, "wall_time_s": total})
+    print(results_table(results, metric))
+    return results, info, paths, total
