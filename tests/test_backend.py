@@ -46,7 +46,7 @@ def test_backend_info_reports_the_cpu_kernels() -> None:
     assert set(levels) <= {"baseline", "avx2", "avx512", "neon"}
     assert info["simd"] == proxopt.simd_level() and info["simd"] in levels
     assert info["threads"] == torch.get_num_threads()
-    assert proxopt._backend._C is not None
+    assert proxopt._native.C is not None
 
 
 def test_default_simd_level_is_the_widest() -> None:
@@ -110,7 +110,7 @@ def test_disabled_extension_falls_back_to_the_reference(tmp_path) -> None:
         import json, torch, proxopt
         data = torch.load({str(tmp_path / 'in.pt')!r})
         info = proxopt.backend_info()
-        assert proxopt._backend._C is None and not proxopt.has_cpu_kernels()
+        assert proxopt._native.C is None and not proxopt.has_cpu_kernels()
         try:
             proxopt.set_simd_level("baseline")
             raised = None
@@ -159,7 +159,7 @@ def test_thread_pool_starts_only_above_parallel_min_elems() -> None:
         f"""
         import json, os, torch, proxopt
         torch.set_num_threads(1)  # torch's own ops start no threads of their own
-        C = proxopt._backend._C
+        C = proxopt._native.C
         def threads():
             return len(os.listdir("/proc/self/task"))
         out = []
@@ -182,8 +182,9 @@ def test_thread_pool_starts_only_above_parallel_min_elems() -> None:
 
 
 def test_thread_pool_works_after_fork() -> None:
-    """A forked child has none of the parent's pool threads; its first threaded step must not
-    hang. (torch's own ops stay on one thread here: libgomp itself hangs in a forked child.)"""
+    """A forked child has none of the parent's OpenMP threads (the kernels run in torch's
+    pool), and libgomp hangs if asked for a parallel region there: the child's steps run on
+    its own thread. (torch's own ops stay on one thread here for the same reason.)"""
     proc = _run_python(
         f"""
         import os, torch, proxopt
@@ -192,7 +193,7 @@ def test_thread_pool_works_after_fork() -> None:
             p = torch.zeros(200_000, requires_grad=True)
             p.grad = torch.ones(200_000)
             opt = proxopt.SGD([p], lr=0.5)
-            torch.set_num_threads({KERNEL_THREADS})  # the kernel's pool only
+            torch.set_num_threads({KERNEL_THREADS})  # the kernel may use the pool
             opt.step()
             torch.set_num_threads(1)
             return bool((p == -0.5).all())

@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 import proxopt
 from optim_db import KERNEL_THREADS, OPTIMS, TOL, assert_params_and_state_close, examples, torch_threads
-from proxopt import reference
+from proxopt import _dispatch, _native, reference
 
-C = proxopt._backend._C
+C = _native.C
 SPECIAL_SHAPES = [(), (0,), (1,), (7,), (8,), (15,), (16,), (17,), (255,), (256,), (257,), (3, 85), (4, 0, 3), (31, 33)]
 BIG_SHAPES = [(C.CHUNK_ELEMS + 1,), (70000,), (2, C.CHUNK_ELEMS)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -31,8 +31,7 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def test_kernel_constants_the_shapes_rely_on() -> None:
     assert C.CHUNK_ELEMS == 32768
-    assert C.PARALLEL_MIN_ELEMS == 65536
-    assert 70000 > C.PARALLEL_MIN_ELEMS and BIG_SHAPES[0][0] > C.CHUNK_ELEMS
+    assert BIG_SHAPES[0][0] > C.CHUNK_ELEMS  # and 70000 elements pass the 65536 threshold of the thread pool
 
 
 # ---- routing: which path ran for which tensor -------------------------------------
@@ -49,25 +48,26 @@ class Routes:
 
 @contextlib.contextmanager
 def record_routes():
-    """Spy on the two ends of a step: the C++ entry point (``proxopt._C.step``, which takes
-    pointer lists, DESIGN's fixed boundary) and ``proxopt.reference.step_tensor``."""
+    """Spy on the two ends of a step: the operator call (``proxopt._dispatch._run``, one
+    ``torch.ops.proxopt.step`` per device) and ``proxopt.reference.step_tensor``."""
     routes = Routes()
-    c_step, step_tensor = C.step, reference.step_tensor
+    run, step_tensor = _dispatch._run, reference.step_tensor
 
-    def c_step_spy(hyper, dtype, params, *args, **kwargs):
-        routes.kernel_calls += 1
-        routes.kernel.extend(params)
-        return c_step(hyper, dtype, params, *args, **kwargs)
+    def run_spy(opt, call, args, *, check_only):
+        if not check_only:
+            routes.kernel_calls += 1
+            routes.kernel.extend(p.data_ptr() for p, g in zip(args[0], args[1]) if g is not None)
+        return run(opt, call, args, check_only=check_only)
 
     def step_tensor_spy(h, param, *args, **kwargs):
         routes.reference.append(param.data_ptr())
         return step_tensor(h, param, *args, **kwargs)
 
-    C.step, reference.step_tensor = c_step_spy, step_tensor_spy
+    _dispatch._run, reference.step_tensor = run_spy, step_tensor_spy
     try:
         yield routes
     finally:
-        C.step, reference.step_tensor = c_step, step_tensor
+        _dispatch._run, reference.step_tensor = run, step_tensor
 
 
 # ---- strategies ----------------------------------------------------------------------
@@ -305,8 +305,9 @@ def test_found_inf_skips_both_paths(info) -> None:
 
 
 @pytest.mark.parametrize("info", OPTIMS, ids=repr)
-def test_one_kernel_call_per_dtype(info) -> None:
-    """DESIGN: one call into C++ per (param group, dtype) per step, never one per tensor."""
+def test_one_kernel_call_per_device(info) -> None:
+    """One operator call per device per step (a bucket per param group and dtype), never
+    one per tensor."""
     params = [torch.randn(s, dtype=d, requires_grad=True) for s, d in
               [((10,), torch.float32), ((3, 4), torch.float32), ((5,), torch.float64), ((7,), torch.bfloat16),
                ((2,), torch.float64), ((9,), torch.float16)]]
@@ -315,5 +316,6 @@ def test_one_kernel_call_per_dtype(info) -> None:
         p.grad = torch.randn_like(p)
     with record_routes() as routes:
         o.step()
-    assert routes.kernel_calls == 3 + 2  # group 0: f32, f64, bf16; group 1: f64, f16
+    assert routes.kernel_calls == 1
+    assert len(o._plan.calls[0].buckets) == 3 + 2  # group 0: f32, f64, bf16; group 1: f64, f16
     assert sorted(routes.kernel) == sorted(p.data_ptr() for p in params) and routes.reference == []

@@ -1,10 +1,9 @@
-// The CPU multi-tensor apply: one call covers every tensor of a
-// (param group, dtype), split into a flat list of chunks that the thread pool
-// hands out; the per-ISA kernel files provide the function run on one chunk.
+// The CPU multi-tensor apply: what one call hands the per-ISA kernels. One
+// operator call covers every tensor of every bucket on the CPU; it becomes a
+// flat list of chunks over all of them, run in one parallel region.
 #pragma once
 
 #include <cstdint>
-#include <vector>
 
 #include "../proxopt/coeffs.h"
 
@@ -12,39 +11,49 @@ namespace proxopt::cpu {
 
 constexpr int kMaxStates = 3;
 
-// Raw pointers of one call, one entry per tensor. Validated by the binding.
-struct CpuCall {
-  const uintptr_t* params = nullptr;
-  const uintptr_t* grads = nullptr;
-  const uintptr_t* states[kMaxStates] = {nullptr, nullptr, nullptr};
-  const int64_t* numels = nullptr;
-  const Coeffs<double>* coeffs = nullptr;  // per tensor
-  // Group proxes: each tensor seen as [outer, groups, inner], a group being
-  // one index of the middle dimension (null when the call has none).
-  const int64_t* group_outer = nullptr;
-  const int64_t* group_count = nullptr;
-  const int64_t* group_inner = nullptr;
+enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+// One tensor of a call: raw pointers (validated by the operator), its element
+// count (a complex tensor: its real view, twice as many), its scalars and,
+// with a group prox, its shape seen as [outer, groups, inner] (a group is one
+// index of the middle dimension).
+struct TensorTask {
+  void* w = nullptr;
+  const void* g = nullptr;
+  void* s[kMaxStates] = {nullptr, nullptr, nullptr};
+  int64_t numel = 0;
+  const Coeffs<double>* coeffs = nullptr;
+  int64_t outer = 1, groups = 1, inner = 1;
 };
 
+// A kernel runs one chunk of one tensor: elements [begin, end) for a plain
+// step, groups [begin, end) with a group prox.
+using ChunkFn = void (*)(const TensorTask&, int64_t begin, int64_t end);
+
+// One unit of work of the parallel region; `cost` is its element count.
 struct Chunk {
-  int64_t tensor, begin, end;
+  ChunkFn fn;
+  int32_t task;
+  int64_t begin, end, cost;
 };
-
-using ChunkFn = void (*)(const CpuCall&, const Chunk&);
-// Groups that are strided (group_dim > 0) take two passes: the step, adding
-// each element's square into acc[group]; then the scaling from those sums.
-using GroupPassFn = void (*)(const CpuCall&, const Chunk&, double* sums);
 
 struct KernelSet {
-  ChunkFn plain;       // no group prox
-  ChunkFn rows;        // group prox on contiguous groups: chunks hold whole rows
-  GroupPassFn pass1;   // strided groups: step and accumulate squares
-  GroupPassFn pass2;   // strided groups: scale by the factor of each group
+  ChunkFn plain = nullptr;  // elementwise: begin/end are elements
+  ChunkFn groups = nullptr; // group prox: begin/end are group indices
 };
 
-// Elements per chunk: a multiple of every SIMD width and of a cache line for
-// every dtype, large enough to amortize scheduling, small enough to balance.
+// Elements per plain chunk: a multiple of every SIMD width and of a cache
+// line for every dtype, large enough to amortize scheduling.
 constexpr int64_t kChunkElems = 1 << 15;
+// Elements of one block of groups: stepped into a math-precision scratch
+// (at most 512 KiB of double per thread), their norms taken, then scaled
+// and stored while still in cache. A single group larger than this is
+// stepped in place (32/64-bit) or recomputed (16-bit) in two passes.
+constexpr int64_t kBlockElems = 1 << 16;
+
+// Below this many elements a call runs on the calling thread: waking the
+// pool costs more than it saves.
+constexpr int64_t kParallelMinElems = 1 << 16;
 
 // Each ISA-specific translation unit defines one of these.
 #define PROXOPT_DECLARE_ISA(name) \

@@ -1,12 +1,13 @@
 // Per-ISA kernels. CMake compiles this file once per instruction set
 // (baseline, AVX2, AVX-512) with PROXOPT_ISA naming the namespace; isa.cpp
 // picks one at run time. The loop body is proxopt::step_element, the same
-// function the CUDA kernels call, so the math exists once.
+// function the CUDA kernels call, so the math exists once: every element is
+// loaded once, runs the whole order of operations, and is stored once.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 #include <vector>
-#include <cstring>
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -28,9 +29,8 @@ struct BF16 {
 
 template <class T> struct MathType { using type = float; };
 template <> struct MathType<double> { using type = double; };
+template <class T> using math_t = typename MathType<T>::type;
 
-inline float load(float x) { return x; }
-inline double load(double x) { return x; }
 inline float load(_Float16 x) { return static_cast<float>(x); }
 inline float load(BF16 x) {
   uint32_t u = uint32_t(x.bits) << 16;
@@ -38,9 +38,8 @@ inline float load(BF16 x) {
   std::memcpy(&f, &u, sizeof f);
   return f;
 }
-
-template <class T> inline T store(typename MathType<T>::type v) { return static_cast<T>(v); }
-template <> inline BF16 store<BF16>(float v) {
+inline _Float16 store_as(float v, _Float16*) { return static_cast<_Float16>(v); }
+inline BF16 store_as(float v, BF16*) {
   // Round to nearest even, as c10::BFloat16 does; NaN stays a quiet NaN.
   uint32_t u;
   std::memcpy(&u, &v, sizeof u);
@@ -49,27 +48,22 @@ template <> inline BF16 store<BF16>(float v) {
   return BF16{nan ? uint16_t(0x7fc0) : uint16_t(u >> 16)};
 }
 
-// Elements per tile: the tile's arrays (about 6 KiB in float) stay in L1.
-constexpr int kTile = 256;
-
-// One chunk, tile by tile: load and widen into the tile, step it, narrow and
-// store. Distinct __restrict pointers: tensors never overlap (Python rejects
-// aliasing), so the compiler needs no alias checks.
-// Widen storage into the tile and narrow it back: plain loops the compiler
-// vectorizes, except float16, which GCC only converts in bulk with F16C.
-template <class T, class M>
-inline void widen(const T* __restrict src, M* __restrict dst, int n) {
+// Widen 16-bit storage into a float tile and narrow it back: plain loops the
+// compiler vectorizes, except float16, which GCC converts in bulk only with
+// F16C intrinsics.
+template <class T>
+inline void widen(const T* __restrict src, float* __restrict dst, int n) {
 #pragma GCC ivdep
   for (int j = 0; j < n; ++j) dst[j] = load(src[j]);
 }
-template <class T, class M>
-inline void narrow(const M* __restrict src, T* __restrict dst, int n) {
+template <class T>
+inline void narrow(const float* __restrict src, T* __restrict dst, int n) {
 #pragma GCC ivdep
-  for (int j = 0; j < n; ++j) dst[j] = store<T>(src[j]);
+  for (int j = 0; j < n; ++j) dst[j] = store_as(src[j], static_cast<T*>(nullptr));
 }
 #if defined(__F16C__)
 template <>
-inline void widen<_Float16, float>(const _Float16* __restrict src, float* __restrict dst, int n) {
+inline void widen<_Float16>(const _Float16* __restrict src, float* __restrict dst, int n) {
   int j = 0;
   for (; j + 8 <= n; j += 8) {
     _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
@@ -77,72 +71,101 @@ inline void widen<_Float16, float>(const _Float16* __restrict src, float* __rest
   for (; j < n; ++j) dst[j] = load(src[j]);
 }
 template <>
-inline void narrow<_Float16, float>(const float* __restrict src, _Float16* __restrict dst, int n) {
+inline void narrow<_Float16>(const float* __restrict src, _Float16* __restrict dst, int n) {
   int j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + j), h);
   }
-  for (; j < n; ++j) dst[j] = store<_Float16>(src[j]);
+  for (; j < n; ++j) dst[j] = store_as(src[j], static_cast<_Float16*>(nullptr));
 }
 #endif
 
-// A tile whose weights and states are the tensors' own memory (float32 and
-// float64: storage is the math type), so no copies in and out; the gradient
-// is copied, since the step rewrites it in place and must not touch .grad.
-template <class M>
-struct DirectTile {
-  M* w;
-  M g[kTile];
-  M* s[kMaxStates];
-  M denom[kTile];
-};
+// What becomes of the new weights of a range:
+//   kStore:   stored to the tensor (with the states): a plain step;
+//   kScratch: written to a math-precision buffer, states stored: the group
+//             prox scales and stores them once the group's norm is known;
+//   kDry:     written to the buffer, nothing stored (16-bit groups too big
+//             for a scratch are computed twice: norms first, then for real).
+enum class Out { kStore, kScratch, kDry };
 
-// Steps `len` elements tile by tile and hands the new weights (math
-// precision) to `sink(offset, n, weights)`; with a DirectTile they are
-// already in the tensor. Tensors never overlap (Python rejects aliasing).
-template <class Rule, class T, class M, class Sink>
-void step_range(int64_t len, const Coeffs<M>& k, T* __restrict w, const T* __restrict g,
-                T* __restrict s0, T* __restrict s1, T* __restrict s2, Sink&& sink) {
+// 16-bit storage is widened a tile at a time; the tile stays in L1.
+constexpr int kTile = 256;
+
+// Steps elements [0, len) of w/g/s (pointers already offset). `out` receives
+// the new weights for kScratch and kDry.
+template <class Rule, unsigned P, Out O, class T>
+void step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len,
+                const Coeffs<math_t<T>>& kref, math_t<T>* __restrict out) {
+  using M = math_t<T>;
   constexpr int S = Rule::kStates;
-  T* const st[kMaxStates] = {s0, s1, s2};
+  // A local copy: its fields cannot alias the tensors, so they stay in
+  // registers and the uniform selects if-convert (with a reference, GCC keeps
+  // the branches and does not vectorize).
+  const Coeffs<M> k = kref;
+  T* __restrict s0 = S > 0 ? s[0] : nullptr;
+  T* __restrict s1 = S > 1 ? s[1] : nullptr;
+  T* __restrict s2 = S > 2 ? s[2] : nullptr;
   if constexpr (std::is_same_v<T, M>) {
-    DirectTile<M> t;
-    for (int64_t base = 0; base < len; base += kTile) {
-      const int n = int(std::min<int64_t>(kTile, len - base));
-      t.w = w + base;
-      for (int q = 0; q < S; ++q) t.s[q] = st[q] + base;
-      widen(g + base, t.g, n);
-      step_tile<Rule>(n, t, k);
-      sink(base, n, static_cast<const M*>(t.w));
+    // float32/float64: the loop reads and writes the tensors themselves.
+#pragma GCC ivdep
+    for (int64_t j = 0; j < len; ++j) {
+      M st[S > 0 ? S : 1];
+      if constexpr (S > 0) st[0] = s0[j];
+      if constexpr (S > 1) st[1] = s1[j];
+      if constexpr (S > 2) st[2] = s2[j];
+      const M nw = step_element<Rule, P>(w[j], g[j], st, k);
+      if constexpr (O != Out::kDry) {
+        if constexpr (S > 0) s0[j] = st[0];
+        if constexpr (S > 1) s1[j] = st[1];
+        if constexpr (S > 2) s2[j] = st[2];
+      }
+      if constexpr (O == Out::kStore) {
+        w[j] = nw;
+      } else {
+        out[j] = nw;
+      }
     }
   } else {
-    Tile<M, kTile> t;
+    // 16-bit: widen a tile of every array, step it, narrow what is stored.
+    alignas(64) M tw[kTile], tg[kTile], ts[S > 0 ? S : 1][kTile];
     for (int64_t base = 0; base < len; base += kTile) {
       const int n = int(std::min<int64_t>(kTile, len - base));
-      widen(w + base, t.w, n);
-      widen(g + base, t.g, n);
-      for (int q = 0; q < S; ++q) widen(st[q] + base, t.s[q], n);
-      step_tile<Rule>(n, t, k);
-      for (int q = 0; q < S; ++q) narrow(t.s[q], st[q] + base, n);
-      sink(base, n, static_cast<const M*>(t.w));
+      widen(w + base, tw, n);
+      widen(g + base, tg, n);
+      if constexpr (S > 0) widen(s0 + base, ts[0], n);
+      if constexpr (S > 1) widen(s1 + base, ts[1], n);
+      if constexpr (S > 2) widen(s2 + base, ts[2], n);
+      M* dst = O == Out::kStore ? tw : out + base;  // may be tw itself: no __restrict
+#pragma GCC ivdep
+      for (int j = 0; j < n; ++j) {
+        M st[S > 0 ? S : 1];
+        if constexpr (S > 0) st[0] = ts[0][j];
+        if constexpr (S > 1) st[1] = ts[1][j];
+        if constexpr (S > 2) st[2] = ts[2][j];
+        dst[j] = step_element<Rule, P>(tw[j], tg[j], st, k);
+        if constexpr (S > 0) ts[0][j] = st[0];
+        if constexpr (S > 1) ts[1][j] = st[1];
+        if constexpr (S > 2) ts[2][j] = st[2];
+      }
+      if constexpr (O != Out::kDry) {
+        if constexpr (S > 0) narrow(ts[0], s0 + base, n);
+        if constexpr (S > 1) narrow(ts[1], s1 + base, n);
+        if constexpr (S > 2) narrow(ts[2], s2 + base, n);
+      }
+      if constexpr (O == Out::kStore) narrow(tw, w + base, n);
     }
   }
 }
 
-// Stores new weights unless the tile already wrote them in place.
-template <class T, class M>
-inline void store_weights(const M* nw, T* dst, int n) {
-  if constexpr (!std::is_same_v<T, M>) narrow(nw, dst, n);
-}
-
 // Sum of squares in double over independent lanes, so it vectorizes without
-// reassociating one long chain.
+// reassociating one long chain; the same 16 lanes at every SIMD level, so
+// the result is bit-identical across levels.
 template <class M>
-double sum_squares(const M* x, int n) {
+double sum_squares(const M* x, int64_t n) {
   constexpr int L = 16;
   double lane[L] = {};
-  int j = 0;
+  int64_t j = 0;
   for (; j + L <= n; j += L) {
     for (int l = 0; l < L; ++l) lane[l] += double(x[j + l]) * double(x[j + l]);
   }
@@ -153,141 +176,182 @@ double sum_squares(const M* x, int n) {
 }
 
 template <class T>
-struct ChunkPtrs {
+struct Ptrs {
   T* w;
   const T* g;
   T* s[kMaxStates];
 };
 
 template <class Rule, class T>
-ChunkPtrs<T> chunk_ptrs(const CpuCall& c, int64_t t, int64_t b) {
-  constexpr int S = Rule::kStates;
-  ChunkPtrs<T> p{reinterpret_cast<T*>(c.params[t]) + b, reinterpret_cast<const T*>(c.grads[t]) + b,
-                 {nullptr, nullptr, nullptr}};
-  for (int q = 0; q < S; ++q) p.s[q] = reinterpret_cast<T*>(c.states[q][t]) + b;
+Ptrs<T> ptrs_at(const TensorTask& t, int64_t offset) {
+  Ptrs<T> p{static_cast<T*>(t.w) + offset, static_cast<const T*>(t.g) + offset, {nullptr, nullptr, nullptr}};
+  for (int q = 0; q < Rule::kStates; ++q) p.s[q] = static_cast<T*>(t.s[q]) + offset;
   return p;
 }
 
-template <class Rule, class T>
-void run_chunk(const CpuCall& c, const Chunk& ch) {
-  using M = typename MathType<T>::type;
-  const auto p = chunk_ptrs<Rule, T>(c, ch.tensor, ch.begin);
-  step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[ch.tensor].template cast<M>(), p.w, p.g,
-                         p.s[0], p.s[1], p.s[2],
-                         [&](int64_t off, int n, const M* nw) { store_weights(nw, p.w + off, n); });
-}
-
-// Contiguous groups (rows): each row is stepped into a math-precision
-// scratch row while its squares are summed, then scaled and stored once, in
-// one visit while the row is in cache.
-template <class Rule, class T>
-void run_rows(const CpuCall& c, const Chunk& ch) {
-  using M = typename MathType<T>::type;
-  const int64_t t = ch.tensor, inner = c.group_inner[t];
-  const Coeffs<M> k = c.coeffs[t].template cast<M>();
-  thread_local std::vector<M> scratch;
-  scratch.resize(size_t(inner));
-  M* row = scratch.data();
-  for (int64_t r = ch.begin; r < ch.end; r += inner) {
-    const auto p = chunk_ptrs<Rule, T>(c, t, r);
-    double sumsq = 0;
-    step_range<Rule, T, M>(inner, k, p.w, p.g, p.s[0], p.s[1], p.s[2],
-                           [&](int64_t off, int n, const M* nw) {
-                             std::copy(nw, nw + n, row + off);
-                             sumsq += sum_squares(nw, n);
-                           });
-    apply_group(inner, row, group_factor(M(std::sqrt(sumsq)), k), k);
-    for (int64_t j = 0; j < inner; j += kTile) {
-      narrow(row + j, p.w + j, int(std::min<int64_t>(kTile, inner - j)));
-    }
-  }
-}
-
-// Calls run(e, len, group) over [begin, end) split into runs of consecutive
-// elements whose group index is known without a division per element. With
-// inner == 1 (e.g. columns of a matrix) consecutive elements cycle through
-// the groups: run(e, len, q) then covers groups q, q+1, ..., q+len-1.
-template <class Run>
-void for_group_runs(int64_t begin, int64_t end, int64_t groups, int64_t inner, Run&& run) {
-  for (int64_t e = begin; e < end;) {
-    const int64_t q = (e / inner) % groups;
-    const int64_t len = inner == 1 ? std::min(end - e, groups - q) : std::min(end - e, inner - e % inner);
-    run(e, len, q);
-    e += len;
-  }
-}
-
-// Strided groups, pass 1: the step, with each square added to its group's sum.
-template <class Rule, class T>
-void run_strided_pass1(const CpuCall& c, const Chunk& ch, double* sums) {
-  using M = typename MathType<T>::type;
-  const int64_t t = ch.tensor, groups = c.group_count[t], inner = c.group_inner[t];
-  const auto p = chunk_ptrs<Rule, T>(c, t, ch.begin);
-  step_range<Rule, T, M>(ch.end - ch.begin, c.coeffs[t].template cast<M>(), p.w, p.g, p.s[0],
-                         p.s[1], p.s[2], [&](int64_t off, int n, const M* nw) {
-                           store_weights(nw, p.w + off, n);
-                           const int64_t e0 = ch.begin + off;
-                           for_group_runs(e0, e0 + n, groups, inner, [&](int64_t e, int64_t len, int64_t q) {
-                             const M* x = nw + (e - e0);
-                             if (inner == 1) {
-                               double* __restrict acc = sums + q;
-#pragma GCC ivdep
-                               for (int64_t j = 0; j < len; ++j) acc[j] += double(x[j]) * double(x[j]);
-                             } else {
-                               sums[q] += sum_squares(x, int(len));
-                             }
-                           });
-                         });
-}
-
-// Strided groups, pass 2: scale every element by its group's factor.
 template <class T>
-void run_strided_pass2(const CpuCall& c, const Chunk& ch, double* sums) {
-  using M = typename MathType<T>::type;
-  const int64_t t = ch.tensor, groups = c.group_count[t], inner = c.group_inner[t];
-  const Coeffs<M> k = c.coeffs[t].template cast<M>();
-  thread_local std::vector<M> factor, buf;
-  factor.resize(size_t(groups));
-  for (int64_t q = 0; q < groups; ++q) factor[q] = group_factor(M(std::sqrt(sums[q])), k);
-  T* w = reinterpret_cast<T*>(c.params[t]);
-  for_group_runs(ch.begin, ch.end, groups, inner, [&](int64_t e, int64_t len, int64_t q) {
-    for (int64_t j0 = 0; j0 < len; j0 += kTile) {
-      const int n = int(std::min<int64_t>(kTile, len - j0));
-      buf.resize(kTile);
-      M* v = buf.data();
-      widen(w + e + j0, v, n);
-      if (inner == 1) {
-        const M* f = factor.data() + q + j0;
-#pragma GCC ivdep
-        for (int j = 0; j < n; ++j) v[j] = v[j] * f[j];
-        apply_group(n, v, M(1), k);  // the clamp (scaling by 1 is exact)
-      } else {
-        apply_group(n, v, factor[q], k);
-      }
-      narrow(v, w + e + j0, n);
-    }
-  });
+Coeffs<math_t<T>> coeffs_of(const TensorTask& t) {
+  return finish_coeffs(t.coeffs->template cast<math_t<T>>());
 }
 
+// ---- plain chunks: elements [begin, end) ------------------------------------
+
+template <class Rule, unsigned P, class T>
+void run_plain(const TensorTask& t, int64_t begin, int64_t end) {
+  const auto p = ptrs_at<Rule, T>(t, begin);
+  step_range<Rule, P, Out::kStore>(p.w, p.g, p.s, end - begin, coeffs_of<T>(t), nullptr);
+}
+
+// ---- group chunks: groups [q0, q1) of a tensor seen as [outer, groups, inner]
+
+template <class T>
+void store_scaled(T* __restrict w, const math_t<T>* __restrict x, int64_t n, math_t<T> f,
+                  const Coeffs<math_t<T>>& kref) {
+  using M = math_t<T>;
+  const Coeffs<M> k = kref;  // see step_range
+  if constexpr (std::is_same_v<T, M>) {
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) w[j] = finish_group(x[j], f, k);
+  } else {
+    alignas(64) M tile[kTile];
+    for (int64_t b = 0; b < n; b += kTile) {
+      const int m = int(std::min<int64_t>(kTile, n - b));
+#pragma GCC ivdep
+      for (int j = 0; j < m; ++j) tile[j] = finish_group(x[b + j], f, k);
+      narrow(tile, w + b, m);
+    }
+  }
+}
+
+// A block of whole groups that fits the scratch: one visit. Each run of
+// consecutive elements (one outer index: groups q0..q1, inner each) is
+// stepped into the scratch while the squares go to their group's sum; the
+// factors follow from the sums; each weight is then scaled, clamped and
+// stored once, while the block is still in cache.
+template <class Rule, unsigned P, class T>
+void run_group_block(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<math_t<T>>& k, double tau) {
+  using M = math_t<T>;
+  const int64_t G = t.groups, I = t.inner, nq = q1 - q0, run = nq * I;
+  thread_local std::vector<M> scratch;
+  thread_local std::vector<double> sums;
+  scratch.resize(size_t(t.outer * run));
+  sums.assign(size_t(nq), 0.0);
+  for (int64_t o = 0; o < t.outer; ++o) {
+    const auto p = ptrs_at<Rule, T>(t, (o * G + q0) * I);
+    M* x = scratch.data() + o * run;
+    step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, run, k, x);
+    if (I == 1) {
+      double* __restrict acc = sums.data();
+#pragma GCC ivdep
+      for (int64_t j = 0; j < nq; ++j) acc[j] += double(x[j]) * double(x[j]);
+    } else {
+      for (int64_t j = 0; j < nq; ++j) sums[j] += sum_squares(x + j * I, I);
+    }
+  }
+  thread_local std::vector<M> factor;
+  factor.resize(size_t(nq));
+  for (int64_t j = 0; j < nq; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k);
+  for (int64_t o = 0; o < t.outer; ++o) {
+    T* w = static_cast<T*>(t.w) + (o * G + q0) * I;
+    const M* x = scratch.data() + o * run;
+    for (int64_t j = 0; j < nq; ++j) store_scaled(w + j * I, x + j * I, I, factor[j], k);
+  }
+}
+
+// One group too large for the scratch, in two passes over its runs.
+// 32/64-bit: step in place, then scale what was stored (no rounding between).
+// 16-bit: a dry pass computes the norm without storing, then the step runs
+// again for real and stores once (rounding once, as the reference does).
+template <class Rule, unsigned P, class T>
+void run_big_group(const TensorTask& t, int64_t q, const Coeffs<math_t<T>>& k, double tau) {
+  using M = math_t<T>;
+  const int64_t G = t.groups, I = t.inner;
+  thread_local std::vector<M> tile;
+  tile.resize(size_t(kChunkElems));
+  auto for_runs = [&](auto&& fn) {  // fn(offset, length) over the group's pieces
+    for (int64_t o = 0; o < t.outer; ++o) {
+      for (int64_t b = 0; b < I; b += kChunkElems) fn((o * G + q) * I + b, std::min(kChunkElems, I - b));
+    }
+  };
+  double sumsq = 0;
+  if constexpr (std::is_same_v<T, M>) {
+    for_runs([&](int64_t off, int64_t n) {
+      const auto p = ptrs_at<Rule, T>(t, off);
+      step_range<Rule, P, Out::kStore>(p.w, p.g, p.s, n, k, nullptr);
+      sumsq += sum_squares(p.w, n);
+    });
+    const M f = group_factor<M>(std::sqrt(sumsq), tau, k);
+    const Coeffs<M> kl = k;  // see step_range
+    for_runs([&](int64_t off, int64_t n) {
+      T* w = static_cast<T*>(t.w) + off;
+#pragma GCC ivdep
+      for (int64_t j = 0; j < n; ++j) w[j] = finish_group(w[j], f, kl);
+    });
+  } else {
+    for_runs([&](int64_t off, int64_t n) {
+      const auto p = ptrs_at<Rule, T>(t, off);
+      step_range<Rule, P, Out::kDry>(p.w, p.g, p.s, n, k, tile.data());
+      sumsq += sum_squares(tile.data(), n);
+    });
+    const M f = group_factor<M>(std::sqrt(sumsq), tau, k);
+    for_runs([&](int64_t off, int64_t n) {
+      const auto p = ptrs_at<Rule, T>(t, off);
+      step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, n, k, tile.data());
+      store_scaled(p.w, tile.data(), n, f, k);
+    });
+  }
+}
+
+template <class Rule, unsigned P, class T>
+void run_groups(const TensorTask& t, int64_t q0, int64_t q1) {
+  const auto k = coeffs_of<T>(t);
+  const int64_t group_size = t.outer * t.inner;
+  // tau = lr * group_lasso * sqrt(|g|), in double, in the reference's order.
+  const double tau = t.coeffs->group_lambda * std::sqrt(double(group_size));
+  if (group_size > kBlockElems) {
+    for (int64_t q = q0; q < q1; ++q) run_big_group<Rule, P, T>(t, q, k, tau);
+  } else {
+    run_group_block<Rule, P, T>(t, q0, q1, k, tau);
+  }
+}
+
+// ---- instantiation: the rule variants x prox shapes the entry point uses ------
+
 template <class Rule, class T>
-KernelSet kernels_of() {
-  return {run_chunk<Rule, T>, run_rows<Rule, T>, run_strided_pass1<Rule, T>, run_strided_pass2<T>};
+KernelSet kernels_for(unsigned p) {
+  KernelSet ks;
+  switch (p) {
+    case 0: ks.plain = run_plain<Rule, 0, T>; break;
+    case kProx: ks.plain = run_plain<Rule, kProx, T>; break;
+    case kProx | kRidge: ks.plain = run_plain<Rule, kProx | kRidge, T>; break;
+    case kGroup: ks.groups = run_groups<Rule, kGroup, T>; break;
+    case kGroup | kProx: ks.groups = run_groups<Rule, kGroup | kProx, T>; break;
+    case kGroup | kProx | kRidge: ks.groups = run_groups<Rule, kGroup | kProx | kRidge, T>; break;
+    default:
+      if constexpr (Rule::kHasDenom) {
+        if (p == (kProx | kAdaptive)) ks.plain = run_plain<Rule, kProx | kAdaptive, T>;
+        if (p == (kProx | kAdaptive | kAdaptiveL0)) ks.plain = run_plain<Rule, kProx | kAdaptive | kAdaptiveL0, T>;
+      }
+      break;
+  }
+  return ks;
 }
 
 template <class T>
 KernelSet select_rule(const Hyper& h) {
-  switch (RuleKind(h.rule)) {
+  const unsigned p = prox_shape(h);
+  switch (h.kind()) {
     case RuleKind::kSgd:
-      return h.momentum != 0 ? kernels_of<Sgd<true>, T>() : kernels_of<Sgd<false>, T>();
+      return h.momentum != 0 ? kernels_for<Sgd<true>, T>(p) : kernels_for<Sgd<false>, T>(p);
     case RuleKind::kAdam:
-      return h.amsgrad ? kernels_of<Adam<true>, T>() : kernels_of<Adam<false>, T>();
+      return h.amsgrad != 0 ? kernels_for<Adam<true>, T>(p) : kernels_for<Adam<false>, T>(p);
     case RuleKind::kAdagrad:
-      return kernels_of<Adagrad, T>();
+      return kernels_for<Adagrad, T>(p);
     case RuleKind::kRmsprop:
-      if (h.centered) {
-        return h.momentum > 0 ? kernels_of<Rmsprop<true, true>, T>() : kernels_of<Rmsprop<true, false>, T>();
+      if (h.centered != 0) {
+        return h.momentum > 0 ? kernels_for<Rmsprop<true, true>, T>(p) : kernels_for<Rmsprop<true, false>, T>(p);
       }
-      return h.momentum > 0 ? kernels_of<Rmsprop<false, true>, T>() : kernels_of<Rmsprop<false, false>, T>();
+      return h.momentum > 0 ? kernels_for<Rmsprop<false, true>, T>(p) : kernels_for<Rmsprop<false, false>, T>(p);
   }
   return {};
 }

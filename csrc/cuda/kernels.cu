@@ -1,19 +1,19 @@
 // The CUDA kernels of one storage dtype. CMake compiles this file once per
-// dtype (PROXOPT_CUDA_DTYPE = the DType code, PROXOPT_CUDA_NS = its namespace),
-// like the CPU kernels once per instruction set: four translation units of
-// nine rule variants each, which nvcc builds in parallel.
+// dtype (PROXOPT_CUDA_DTYPE = the DType code, PROXOPT_CUDA_NS = its
+// namespace), like the CPU kernels once per instruction set.
 //
-// The arithmetic is proxopt::step_tile (csrc/proxopt/math.h), the function
-// the CPU kernels call: each thread widens a few elements into a Tile, steps
-// it, and narrows it back. Storage and math types are separate: float math
-// for float16/bfloat16/float32, double for float64.
+// The arithmetic is proxopt::step_element (csrc/proxopt/math.h), the function
+// the CPU kernels call; the per-step scalars come from proxopt::make_coeffs
+// (coeffs.h), evaluated by each block from the step counter and lr on the
+// device. Storage and math types are separate: float math for
+// float16/bfloat16/float32, double for float64.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <type_traits>
 
-#include "launch.h"
+#include "kernels.h"
 
 #if !defined(PROXOPT_CUDA_DTYPE) || !defined(PROXOPT_CUDA_NS)
 #error "PROXOPT_CUDA_DTYPE (a DType code) and PROXOPT_CUDA_NS must be defined"
@@ -38,9 +38,8 @@ using M = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 }  // namespace
 
-// Storage <-> math conversions (outside the anonymous namespace: each
-// translation unit uses only its dtype's pair). Stores round to nearest even,
-// as torch does for float16/bfloat16.
+// Storage <-> math conversions. Stores round to nearest even, as torch does
+// for float16/bfloat16.
 PROXOPT_HD float widen(float x) { return x; }
 PROXOPT_HD double widen(double x) { return x; }
 PROXOPT_HD float widen(__half x) { return __half2float(x); }
@@ -61,127 +60,231 @@ struct alignas(kVectorBytes) Vec {
   T v[kVec];
 };
 
-PROXOPT_HD void load_vec(const T* __restrict__ src, M* dst) {
-  const Vec x = *reinterpret_cast<const Vec*>(src);
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) dst[j] = widen(x.v[j]);
+__device__ __forceinline__ bool overflowed(uintptr_t found_inf) {
+  return found_inf != 0 && *reinterpret_cast<const float*>(found_inf) != 0.0f;
 }
 
-PROXOPT_HD void store_vec(const M* src, T* __restrict__ dst) {
-  Vec x;
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) put(x.v[j], src[j]);
-  *reinterpret_cast<Vec*>(dst) = x;
-}
-
-// Bounds-checked: element j of a thread is base + j * kThreads (coalesced
-// across the block); lanes past n compute on zeros and store nothing.
-PROXOPT_HD void load_strided(const T* __restrict__ src, int base, int n, M* dst) {
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) {
-    const int i = base + j * kThreads;
-    dst[j] = i < n ? widen(src[i]) : M(0);
+// The scalars of tensor t of a launch at this step: the counter after its
+// increment (the increment itself is launch_bump's, after every kernel).
+template <int D, bool G>
+__device__ Coeffs<M> coeffs_for(const Launch<D, G>& L, int t) {
+  const int b = L.bucket[t];
+  const Hyper& h = L.hyper[b];
+  const double old = L.steps_f64 ? *reinterpret_cast<const double*>(L.step[t])
+                                 : double(*reinterpret_cast<const float*>(L.step[t]));
+  const double step = old + 1.0;
+  double lr = h.lr;
+  if (L.lr[b] != 0) {
+    lr = L.lr_f64[b] ? *reinterpret_cast<const double*>(L.lr[b]) : double(*reinterpret_cast<const float*>(L.lr[b]));
   }
+  // As torch's GradScaler: the inverse scale in double, rounded to float32.
+  const double inv = L.grad_scale != 0 ? double(float(1.0 / double(*reinterpret_cast<const float*>(L.grad_scale)))) : 1.0;
+  return finish_coeffs(make_coeffs(h, step, lr, inv, step == 1.0).template cast<M>());
 }
 
-PROXOPT_HD void store_strided(const M* src, int base, int n, T* __restrict__ dst) {
-#pragma unroll
-  for (int j = 0; j < kVec; ++j) {
-    const int i = base + j * kThreads;
-    if (i < n) put(dst[i], src[j]);
-  }
-}
-
-// What thread `thread` of block `block` does: its share of one chunk
-// (<= kChunkElems elements) of one tensor. Host-callable too, so the exact
-// kernel body can be replayed on a machine without a GPU.
-template <class Rule>
-PROXOPT_HD void step_thread(const Launch<M, 2 + Rule::kStates>& L, int32_t block, int thread) {
-  constexpr int S = Rule::kStates;
-  const Span sp = locate(L, block);
-  T* __restrict__ w = reinterpret_cast<T*>(L.ptr[0][sp.t]) + sp.begin;
-  const T* __restrict__ g = reinterpret_cast<const T*>(L.ptr[1][sp.t]) + sp.begin;
+template <int S>
+struct Ptrs {
+  T* w;
+  const T* g;
   T* s[S > 0 ? S : 1];
-#pragma unroll
-  for (int q = 0; q < S; ++q) s[q] = reinterpret_cast<T*>(L.ptr[2 + q][sp.t]) + sp.begin;
+};
 
-  Coeffs<M> k = L.coeffs[L.coeff[sp.t]];
-  if (L.grad_scale != 0) {
-    // AMP: the scale lives on the device (GradScaler's tensor); never synced to the host.
-    k.grad_scale = M(*reinterpret_cast<const float*>(L.grad_scale));
-    k.flags |= kGradScale;
-  }
-  const int n = sp.n;
-  Tile<M, kVec> t;
+// One element at index i: load, step, store.
+template <class Rule, unsigned P, int S>
+__device__ __forceinline__ void step_one(const Ptrs<S>& p, int64_t i, const Coeffs<M>& k) {
+  M st[S > 0 ? S : 1];
+#pragma unroll
+  for (int q = 0; q < S; ++q) st[q] = widen(p.s[q][i]);
+  const M nw = step_element<Rule, P>(widen(p.w[i]), widen(p.g[i]), st, k);
+#pragma unroll
+  for (int q = 0; q < S; ++q) put(p.s[q][i], st[q]);
+  put(p.w[i], nw);
+}
+
+// ---- plain steps: one block per chunk ---------------------------------------------
+
+template <class Rule, unsigned P>
+__global__ void __launch_bounds__(kThreads) step_kernel(const __grid_constant__ Launch<2 + Rule::kStates, false> L) {
+  constexpr int S = Rule::kStates;
+  if (overflowed(L.found_inf)) return;  // AMP: the step changes nothing
+  const Span sp = locate(L, int32_t(blockIdx.x));
+  Ptrs<S> p;
+  p.w = reinterpret_cast<T*>(L.ptr[0][sp.t]) + sp.begin;
+  p.g = reinterpret_cast<const T*>(L.ptr[1][sp.t]) + sp.begin;
+#pragma unroll
+  for (int q = 0; q < S; ++q) p.s[q] = reinterpret_cast<T*>(L.ptr[2 + q][sp.t]) + sp.begin;
+  const Coeffs<M> k = coeffs_for(L, sp.t);
+  const int n = int(sp.n);
   if (L.aligned[sp.t] && n % kVec == 0) {
-    // Fast path: kVec consecutive elements per thread, one vector load per tensor.
-    for (int i = thread * kVec; i < n; i += kThreads * kVec) {
-      load_vec(w + i, t.w);
-      load_vec(g + i, t.g);
+    // Fast path: kVec consecutive elements per thread, one vector load per array.
+    for (int i = int(threadIdx.x) * kVec; i < n; i += kThreads * kVec) {
+      Vec w = *reinterpret_cast<const Vec*>(p.w + i);
+      const Vec g = *reinterpret_cast<const Vec*>(p.g + i);
+      Vec s[S > 0 ? S : 1];
 #pragma unroll
-      for (int q = 0; q < S; ++q) load_vec(s[q] + i, t.s[q]);
-      step_tile<Rule, M>(kVec, t, k);
-      store_vec(t.w, w + i);
+      for (int q = 0; q < S; ++q) s[q] = *reinterpret_cast<const Vec*>(p.s[q] + i);
 #pragma unroll
-      for (int q = 0; q < S; ++q) store_vec(t.s[q], s[q] + i);
+      for (int j = 0; j < kVec; ++j) {
+        M st[S > 0 ? S : 1];
+#pragma unroll
+        for (int q = 0; q < S; ++q) st[q] = widen(s[q].v[j]);
+        const M nw = step_element<Rule, P>(widen(w.v[j]), widen(g.v[j]), st, k);
+#pragma unroll
+        for (int q = 0; q < S; ++q) put(s[q].v[j], st[q]);
+        put(w.v[j], nw);
+      }
+      *reinterpret_cast<Vec*>(p.w + i) = w;
+#pragma unroll
+      for (int q = 0; q < S; ++q) *reinterpret_cast<Vec*>(p.s[q] + i) = s[q];
     }
   } else {
-    // Misaligned views and tails: the same step_tile, element loads with bounds checks.
-    for (int b = 0; b < n; b += kThreads * kVec) {
-      const int base = b + thread;
-      load_strided(w, base, n, t.w);
-      load_strided(g, base, n, t.g);
-#pragma unroll
-      for (int q = 0; q < S; ++q) load_strided(s[q], base, n, t.s[q]);
-      step_tile<Rule, M>(kVec, t, k);
-      store_strided(t.w, base, n, w);
-#pragma unroll
-      for (int q = 0; q < S; ++q) store_strided(t.s[q], base, n, s[q]);
-    }
+    // Misaligned views and tails: the same step_element, one element at a time.
+    for (int i = int(threadIdx.x); i < n; i += kThreads) step_one<Rule, P, S>(p, i, k);
   }
-  // Seam for the group proxes (kGroupProx: group lasso, max-norm). They need
-  // the norm of each updated group, so they cannot run inside this per-chunk
-  // kernel: a row-wise kernel (one block per group when it fits in the block,
-  // update + norm + scale in one visit; otherwise two passes like apex's LAMB,
-  // partial sums then scaling) will take those calls. Until then the binding
-  // rejects them (bindings.cpp) and Python keeps them on the reference path.
 }
 
-// One block per chunk; blocks find their (tensor, chunk) with `locate`.
-template <class Rule>
-__global__ void __launch_bounds__(kThreads)
-    step_kernel(const __grid_constant__ Launch<M, 2 + Rule::kStates> L) {
-  step_thread<Rule>(L, int32_t(blockIdx.x), int(threadIdx.x));
+// ---- group proxes: one block per group -----------------------------------------------
+
+// Deterministic block sum (a fixed tree over the threads).
+__device__ double block_sum(double v) {
+  __shared__ double part[kThreads];
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (int width = kThreads / 2; width > 0; width /= 2) {
+    if (int(threadIdx.x) < width) part[threadIdx.x] += part[threadIdx.x + width];
+    __syncthreads();
+  }
+  const double total = part[0];
+  __syncthreads();
+  return total;
+}
+
+// Group q of a tensor seen as [outer, groups, inner]: its j-th element.
+__device__ __forceinline__ int64_t group_elem(int64_t j, int64_t q, int64_t groups, int64_t inner) {
+  return ((j / inner) * groups + q) * inner + j % inner;
+}
+
+template <class Rule, unsigned P>
+__global__ void __launch_bounds__(kThreads) group_kernel(const __grid_constant__ Launch<2 + Rule::kStates, true> L) {
+  constexpr int S = Rule::kStates;
+  if (overflowed(L.found_inf)) return;
+  const Span sp = locate(L, int32_t(blockIdx.x));
+  const int t = sp.t;
+  const int64_t q = sp.begin, G = L.groups[t], I = L.inner[t], n = L.outer[t] * I;
+  Ptrs<S> p;
+  p.w = reinterpret_cast<T*>(L.ptr[0][t]);
+  p.g = reinterpret_cast<const T*>(L.ptr[1][t]);
+#pragma unroll
+  for (int qq = 0; qq < S; ++qq) p.s[qq] = reinterpret_cast<T*>(L.ptr[2 + qq][t]);
+  const Coeffs<M> k = coeffs_for(L, t);
+  // Pass 1: the new weights' sum of squares, nothing stored.
+  double local = 0;
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+    const int64_t i = group_elem(j, q, G, I);
+    M st[S > 0 ? S : 1];
+#pragma unroll
+    for (int qq = 0; qq < S; ++qq) st[qq] = widen(p.s[qq][i]);
+    const M nw = step_element<Rule, P>(widen(p.w[i]), widen(p.g[i]), st, k);
+    local += double(nw) * double(nw);
+  }
+  const double tau = k.group_lambda * sqrt(double(n));
+  const M factor = group_factor<M>(sqrt(block_sum(local)), tau, k);
+  // Pass 2: the same step again, scaled, clamped and stored once.
+  for (int64_t j = threadIdx.x; j < n; j += kThreads) {
+    const int64_t i = group_elem(j, q, G, I);
+    M st[S > 0 ? S : 1];
+#pragma unroll
+    for (int qq = 0; qq < S; ++qq) st[qq] = widen(p.s[qq][i]);
+    const M nw = step_element<Rule, P>(widen(p.w[i]), widen(p.g[i]), st, k);
+#pragma unroll
+    for (int qq = 0; qq < S; ++qq) put(p.s[qq][i], st[qq]);
+    put(p.w[i], finish_group(nw, factor, k));
+  }
+}
+
+// ---- launching ---------------------------------------------------------------------------
+
+template <class Rule, unsigned P>
+int launch_variant(const Tensors& c, void* stream) {
+  constexpr int D = 2 + Rule::kStates;
+  auto s = static_cast<cudaStream_t>(stream);
+  if constexpr ((P & kGroup) != 0) {
+    return pack<D, true>(c, [s](const auto& L, int32_t blocks, const int64_t*) {
+      group_kernel<Rule, P><<<unsigned(blocks), kThreads, 0, s>>>(L);
+      return int(cudaGetLastError());
+    });
+  } else {
+    return pack<D, false>(c, [s](const auto& L, int32_t blocks, const int64_t*) {
+      step_kernel<Rule, P><<<unsigned(blocks), kThreads, 0, s>>>(L);
+      return int(cudaGetLastError());
+    });
+  }
 }
 
 template <class Rule>
-int launch(const Tensors& c, void* stream) {
-  return pack<M, 2 + Rule::kStates>(c, [stream](const auto& L, int32_t blocks, const int64_t*) {
-    step_kernel<Rule><<<unsigned(blocks), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(L);
-    return int(cudaGetLastError());
-  });
+int launch_shape(const Tensors& c, unsigned p, void* stream) {
+  switch (p) {
+    case 0: return launch_variant<Rule, 0>(c, stream);
+    case kProx | kRidge: return launch_variant<Rule, kProx | kRidge>(c, stream);
+    case kGroup: return launch_variant<Rule, kGroup>(c, stream);
+    case kGroup | kProx | kRidge: return launch_variant<Rule, kGroup | kProx | kRidge>(c, stream);
+    default:
+      if constexpr (Rule::kHasDenom) {
+        if (p == (kProx | kAdaptive)) return launch_variant<Rule, kProx | kAdaptive>(c, stream);
+        if (p == (kProx | kAdaptive | kAdaptiveL0)) return launch_variant<Rule, kProx | kAdaptive | kAdaptiveL0>(c, stream);
+      }
+      return -1;
+  }
 }
+
+#if PROXOPT_CUDA_DTYPE == 0
+__global__ void bump_kernel(const __grid_constant__ Bump B) {
+  if (overflowed(B.found_inf)) return;
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= B.count) return;
+  if (B.steps_f64) {
+    *reinterpret_cast<double*>(B.step[i]) += 1.0;
+  } else {
+    *reinterpret_cast<float*>(B.step[i]) += 1.0f;
+  }
+}
+#endif
 
 }  // namespace
 
-LaunchFn select(const Hyper& h) {
-  switch (RuleKind(h.rule)) {
+int launch(const Tensors& c, const Hyper& h, void* stream) {
+  const unsigned p = cuda_prox_shape(prox_shape(h));
+  switch (h.kind()) {
     case RuleKind::kSgd:
-      return h.momentum != 0 ? launch<Sgd<true>> : launch<Sgd<false>>;
+      return h.momentum != 0 ? launch_shape<Sgd<true>>(c, p, stream) : launch_shape<Sgd<false>>(c, p, stream);
     case RuleKind::kAdam:
-      return h.amsgrad ? launch<Adam<true>> : launch<Adam<false>>;
+      return h.amsgrad != 0 ? launch_shape<Adam<true>>(c, p, stream) : launch_shape<Adam<false>>(c, p, stream);
     case RuleKind::kAdagrad:
-      return launch<Adagrad>;
+      return launch_shape<Adagrad>(c, p, stream);
     case RuleKind::kRmsprop:
-      if (h.centered) return h.momentum > 0 ? launch<Rmsprop<true, true>> : launch<Rmsprop<true, false>>;
-      return h.momentum > 0 ? launch<Rmsprop<false, true>> : launch<Rmsprop<false, false>>;
+      if (h.centered != 0) {
+        return h.momentum > 0 ? launch_shape<Rmsprop<true, true>>(c, p, stream)
+                              : launch_shape<Rmsprop<true, false>>(c, p, stream);
+      }
+      return h.momentum > 0 ? launch_shape<Rmsprop<false, true>>(c, p, stream)
+                            : launch_shape<Rmsprop<false, false>>(c, p, stream);
   }
-  return nullptr;
+  return -1;
 }
 
 int image_status() {
   cudaFuncAttributes attr;
-  return int(cudaFuncGetAttributes(&attr, step_kernel<Sgd<false>>));
+  return int(cudaFuncGetAttributes(&attr, step_kernel<Sgd<false>, 0>));
 }
 
 }  // namespace proxopt::cuda::PROXOPT_CUDA_NS
+
+#if PROXOPT_CUDA_DTYPE == 0
+namespace proxopt::cuda {
+int launch_bump(const Bump& b, void* stream) {
+  if (b.count == 0) return 0;
+  f32::bump_kernel<<<unsigned((b.count + kThreads - 1) / kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(b);
+  return int(cudaGetLastError());
+}
+}  // namespace proxopt::cuda
+#endif

@@ -2,11 +2,23 @@
 // CUDA kernels. Every line mirrors python/proxopt/reference.py in the same
 // order of operations, so fused and reference results stay within rounding.
 //
-// Order inside a step (DESIGN.md): prepare the gradient (unscale, maximize,
-// coupled weight decay) -> the rule's state update and direction -> decoupled
-// decay -> w -= step * d -> elementwise prox (L1 or L0, ridge, bounds).
-// Group proxes (group lasso, max-norm) need a norm over a whole group and are
-// applied by the drivers after this function.
+// Order inside a step (DESIGN.md), all in one visit of the element:
+//   1. g <- grad * inv_scale (AMP), negated if maximize;
+//   2. g <- g + wd * w                 (coupled weight decay);
+//   3. the rule's state update and direction d;
+//   4. w <- w * (1 - lr * wd)          (decoupled weight decay, AdamW);
+//   5. w <- w - step * d;
+//   6. L1 soft threshold or L0 hard threshold, ridge, then bounds.
+// Group proxes (group lasso, max-norm) need the norm of a whole group: the
+// drivers apply group_factor to the weights this function returns, then
+// the bounds (the very last operation).
+//
+// What changes the loop is a template argument, fixed once at the entry
+// point: the rule (with its state layout) and the prox shape `P`. Switches
+// that cost one select or one multiply (maximize, weight decay, nesterov, a
+// fresh momentum buffer, euclidean L1/L0 thresholds, bounds) are uniform
+// fields of Coeffs, with neutral values when off (inv_scale 1, tau 0,
+// bounds +-inf): each is exact when off, so no flag is needed for it.
 #pragma once
 
 #include <cmath>
@@ -20,51 +32,49 @@
 
 namespace proxopt {
 
-// Switches that are uniform over one call (see step_tile for how they stay
-// out of the inner loops).
-enum Flag : uint32_t {
-  kMaximize = 1u << 0,
-  kCoupledWd = 1u << 1,    // g += wd * w          (SGD, Adam, Adagrad, RMSprop)
-  kDecoupledWd = 1u << 2,  // w *= 1 - lr * wd     (AdamW semantics)
-  kNesterov = 1u << 3,
-  kFreshBuf = 1u << 4,     // SGD: first momentum step, buf <- g
-  kGradScale = 1u << 5,    // AMP: g /= grad_scale
-  kL1 = 1u << 6,
-  kL0 = 1u << 7,
-  kL2 = 1u << 8,
-  kBounds = 1u << 9,
-  kAdaptive = 1u << 10,    // prox_metric="adaptive": tau_i = lr*lambda / denom_i
-  kGroupLasso = 1u << 11,  // block soft threshold of each group
-  kMaxNorm = 1u << 12,     // projection of each group onto the ball of radius max_norm
+// ---- prox shapes: the template argument P ---------------------------------
+// kProx:     the elementwise prox runs (L1 and L0 thresholds with the
+//            euclidean tau, bounds); its absence is the plain step.
+// kRidge:    the ridge prox w / (1 + tau2): one division per element.
+// kAdaptive: tau_i = lr * lambda / denom_i (prox_metric="adaptive"), with
+//            kAdaptiveL0 choosing the hard threshold over the soft one.
+// kGroup:    a group prox follows: bounds wait for it (the driver clamps).
+enum : unsigned {
+  kProx = 1u << 0,
+  kRidge = 1u << 1,
+  kAdaptive = 1u << 2,
+  kAdaptiveL0 = 1u << 3,
+  kGroup = 1u << 4,
 };
-constexpr uint32_t kElementwiseProx = kL1 | kL0 | kL2 | kBounds;
-constexpr uint32_t kGroupProx = kGroupLasso | kMaxNorm;
 
 // The scalars of one tensor's step, computed once on the host in double
 // (coeffs.h) and rounded once to the math type M.
 template <class M>
 struct Coeffs {
+  M inv_scale;            // AMP: 1 / grad_scale (1 without AMP)
+  M wd;                   // coupled weight decay (0 when off or decoupled)
+  M decay;                // decoupled decay factor 1 - lr * wd (1 when off)
   M neg_step;             // -(step size); Adam: -lr / (1 - beta1^t)
-  M grad_scale;           // AMP loss scale (1 when absent)
-  M wd;                   // coupled weight decay
-  M decay;                // decoupled decay factor 1 - lr * wd
   M beta1_weight;         // Adam: 1 - beta1 (lerp weight of the first moment)
   M beta2, one_minus_beta2, bc2_sqrt;  // Adam second moment and its bias correction
   M eps;
   M momentum, one_minus_dampening;     // SGD / RMSprop momentum
   M alpha, one_minus_alpha;            // RMSprop smoothing
-  M l1_tau, l0_tau, l2_tau;            // lr * lambda of each elementwise prox
+  M l1_tau, l0_tau, l0_thr, l2_tau;    // lr * lambda; l0_thr = sqrt(2 * l0_tau)
   M lo, hi;                            // bounds
-  M group_tau;                         // lr * group_lasso * sqrt(group size)
-  M max_norm;
-  uint32_t flags;
+  double group_lambda;                 // lr * group_lasso (times sqrt(group size): the group's tau)
+  double max_norm;                     // group proxes decide in double (see group_factor)
+  // Uniform switches, 0 or 1. int32, not bool: GCC packs adjacent bools of a
+  // copied struct into one word and then cannot vectorize selects on them.
+  int32_t maximize, coupled, decoupled, nesterov, fresh, l0_on, group_lasso_on, max_norm_on;
 
   template <class N>
-  Coeffs<N> cast() const {
-    return Coeffs<N>{N(neg_step), N(grad_scale), N(wd), N(decay), N(beta1_weight), N(beta2),
+  PROXOPT_HD Coeffs<N> cast() const {
+    return Coeffs<N>{N(inv_scale), N(wd), N(decay), N(neg_step), N(beta1_weight), N(beta2),
                      N(one_minus_beta2), N(bc2_sqrt), N(eps), N(momentum), N(one_minus_dampening),
-                     N(alpha), N(one_minus_alpha), N(l1_tau), N(l0_tau), N(l2_tau), N(lo), N(hi),
-                     N(group_tau), N(max_norm), flags};
+                     N(alpha), N(one_minus_alpha), N(l1_tau), N(l0_tau), N(l0_thr), N(l2_tau),
+                     N(lo), N(hi), group_lambda, max_norm, maximize, coupled, decoupled,
+                     nesterov, fresh, l0_on, group_lasso_on, max_norm_on};
   }
 };
 
@@ -84,7 +94,8 @@ PROXOPT_HD M maximum(M a, M b) {
 
 // ---- proximal operators (each the argmin_x 1/2|x - w|^2 + tau*R(x)) ------
 
-// R = |x|: sign(w) * max(|w| - tau, 0). Exact zeros; NaN stays NaN.
+// R = |x|: sign(w) * max(|w| - tau, 0). Exact zeros; NaN stays NaN; tau = 0
+// is the identity.
 template <class M>
 PROXOPT_HD M soft_threshold(M w, M tau) {
   M a = std::fabs(w) - tau;
@@ -92,10 +103,10 @@ PROXOPT_HD M soft_threshold(M w, M tau) {
   return std::copysign(a, w);
 }
 
-// R = |x|_0: keep w where |w| > sqrt(2 tau), else 0. NaN stays NaN.
+// R = |x|_0: keep w where |w| > thr = sqrt(2 tau), else 0. NaN stays NaN.
 template <class M>
-PROXOPT_HD M hard_threshold(M w, M tau) {
-  return (std::fabs(w) <= std::sqrt(M(2) * tau)) ? M(0) : w;
+PROXOPT_HD M hard_threshold_at(M w, M thr) {
+  return (std::fabs(w) <= thr) ? M(0) : w;
 }
 
 // R = 1/2 x^2: w / (1 + tau).
@@ -104,67 +115,31 @@ PROXOPT_HD M ridge(M w, M tau) {
   return w / (M(1) + tau);
 }
 
-// Projection onto [lo, hi]; NaN stays NaN.
+// Projection onto [lo, hi]; NaN stays NaN; +-inf bounds are the identity.
 template <class M>
 PROXOPT_HD M clamp(M w, M lo, M hi) {
   return (w < lo) ? lo : ((w > hi) ? hi : w);
 }
 
-// ---- one step over a tile of N elements ----------------------------------
-// Every switch in Coeffs::flags guards a whole loop over the tile, never a
-// branch inside one: the CPU (N = a few hundred, in L1) gets branch-free
-// vectorizable loops, CUDA (N = a few registers per thread) uniform branches.
-// `n <= N` elements are live. A tile is any type with members w, g, s[3] and
-// denom indexable by j: arrays (Tile below) or pointers into memory (the CPU
-// points w and s straight at float32/float64 tensors; g is always a copy,
-// since the gradient is never written).
-
-#if defined(__CUDACC__)
-#define PROXOPT_TILE_LOOP _Pragma("unroll") for
-#else
-#define PROXOPT_TILE_LOOP _Pragma("GCC ivdep") for
-#endif
-
-template <class M, int N>
-struct Tile {
-  M w[N];          // weight
-  M g[N];          // gradient, then the rule's direction
-  M s[3][N];       // the rule's state tensors
-  M denom[N];      // the rule's preconditioner (adaptive prox metric)
-};
-
-// g <- grad / grad_scale, negated if maximize, plus coupled weight decay.
-template <class M, class TileT>
-PROXOPT_HD void prepare_grad(int n, TileT& t, const Coeffs<M>& k) {
-  if (k.flags & kGradScale) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = t.g[j] / k.grad_scale;
-  if (k.flags & kMaximize) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = -t.g[j];
-  if (k.flags & kCoupledWd) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = t.g[j] + k.wd * t.w[j];
-}
-
 // ---- update rules ---------------------------------------------------------
-// Rule::update(n, tile, k) advances the states s[0..kStates), moves w, and
-// leaves the per-element preconditioner in denom where the rule has one.
+// Rule::update(w, g, s, k) advances the states s[0..kStates), moves w
+// (steps 3-5) and returns the per-element preconditioner (1 where the rule
+// has none), which the adaptive prox metric divides by.
 
 template <bool Momentum>
 struct Sgd {
   static constexpr int kStates = Momentum ? 1 : 0;  // momentum_buffer
   static constexpr bool kHasDenom = false;
-  template <class M, class TileT>
-  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
+  template <class M>
+  PROXOPT_HD static M update(M& w, M g, M* s, const Coeffs<M>& k) {
+    M d = g;
     if constexpr (Momentum) {
-      M* buf = &t.s[0][0];
-      if (k.flags & kFreshBuf) {
-        PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) buf[j] = t.g[j];
-      } else {
-        PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) buf[j] = buf[j] * k.momentum + k.one_minus_dampening * t.g[j];
-      }
-      if (k.flags & kNesterov) {
-        PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = t.g[j] + k.momentum * buf[j];
-      } else {
-        PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.g[j] = buf[j];
-      }
+      const M buf = k.fresh ? g : s[0] * k.momentum + k.one_minus_dampening * g;
+      s[0] = buf;
+      d = k.nesterov ? g + k.momentum * buf : buf;
     }
-    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = t.w[j] + k.neg_step * t.g[j];
+    w = w + k.neg_step * d;
+    return M(1);
   }
 };
 
@@ -172,35 +147,34 @@ template <bool Amsgrad>
 struct Adam {
   static constexpr int kStates = Amsgrad ? 3 : 2;  // exp_avg, exp_avg_sq, max_exp_avg_sq
   static constexpr bool kHasDenom = true;
-  template <class M, class TileT>
-  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
-    M *m = &t.s[0][0], *v = &t.s[1][0], *vmax = &t.s[2][0];
-    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) {
-      m[j] = lerp(m[j], t.g[j], k.beta1_weight);
-      v[j] = v[j] * k.beta2 + k.one_minus_beta2 * t.g[j] * t.g[j];
-      M vhat = v[j];
-      if constexpr (Amsgrad) {
-        vmax[j] = maximum(vmax[j], v[j]);
-        vhat = vmax[j];
-      }
-      t.denom[j] = std::sqrt(vhat) / k.bc2_sqrt + k.eps;
+  template <class M>
+  PROXOPT_HD static M update(M& w, M g, M* s, const Coeffs<M>& k) {
+    const M m = lerp(s[0], g, k.beta1_weight);
+    const M v = s[1] * k.beta2 + k.one_minus_beta2 * g * g;
+    s[0] = m;
+    s[1] = v;
+    M vhat = v;
+    if constexpr (Amsgrad) {
+      vhat = maximum(s[2], v);
+      s[2] = vhat;
     }
-    if (k.flags & kDecoupledWd) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = t.w[j] * k.decay;
-    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = t.w[j] + k.neg_step * m[j] / t.denom[j];
+    const M denom = std::sqrt(vhat) / k.bc2_sqrt + k.eps;
+    w = k.decoupled ? w * k.decay : w;
+    w = w + k.neg_step * m / denom;
+    return denom;
   }
 };
 
 struct Adagrad {
   static constexpr int kStates = 1;  // sum
   static constexpr bool kHasDenom = true;
-  template <class M, class TileT>
-  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
-    M* sum = &t.s[0][0];
-    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) {
-      sum[j] = sum[j] + t.g[j] * t.g[j];
-      t.denom[j] = std::sqrt(sum[j]) + k.eps;
-      t.w[j] = t.w[j] + k.neg_step * t.g[j] / t.denom[j];
-    }
+  template <class M>
+  PROXOPT_HD static M update(M& w, M g, M* s, const Coeffs<M>& k) {
+    const M sum = s[0] + g * g;
+    s[0] = sum;
+    const M denom = std::sqrt(sum) + k.eps;
+    w = w + k.neg_step * g / denom;
+    return denom;
   }
 };
 
@@ -209,83 +183,87 @@ struct Rmsprop {
   // square_avg, then momentum_buffer (if momentum), then grad_avg (if centered)
   static constexpr int kStates = 1 + int(Momentum) + int(Centered);
   static constexpr bool kHasDenom = true;
-  template <class M, class TileT>
-  PROXOPT_HD static void update(int n, TileT& t, const Coeffs<M>& k) {
-    M *sq = &t.s[0][0], *buf = &t.s[1][0], *gavg = &t.s[1 + int(Momentum)][0];
-    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) {
-      sq[j] = sq[j] * k.alpha + k.one_minus_alpha * t.g[j] * t.g[j];
-      M avg;
-      if constexpr (Centered) {
-        gavg[j] = lerp(gavg[j], t.g[j], k.one_minus_alpha);
-        avg = std::sqrt(sq[j] + M(-1) * gavg[j] * gavg[j]);
-      } else {
-        avg = std::sqrt(sq[j]);
-      }
-      t.denom[j] = avg + k.eps;
-      if constexpr (Momentum) {
-        buf[j] = buf[j] * k.momentum + t.g[j] / t.denom[j];
-        t.w[j] = t.w[j] + k.neg_step * buf[j];
-      } else {
-        t.w[j] = t.w[j] + k.neg_step * t.g[j] / t.denom[j];
-      }
+  template <class M>
+  PROXOPT_HD static M update(M& w, M g, M* s, const Coeffs<M>& k) {
+    const M sq = s[0] * k.alpha + k.one_minus_alpha * g * g;
+    s[0] = sq;
+    M avg;
+    if constexpr (Centered) {
+      const M gavg = lerp(s[1 + int(Momentum)], g, k.one_minus_alpha);
+      s[1 + int(Momentum)] = gavg;
+      avg = std::sqrt(sq + M(-1) * gavg * gavg);
+    } else {
+      avg = std::sqrt(sq);
     }
+    const M denom = avg + k.eps;
+    if constexpr (Momentum) {
+      const M buf = s[1] * k.momentum + g / denom;
+      s[1] = buf;
+      w = w + k.neg_step * buf;
+    } else {
+      w = w + k.neg_step * g / denom;
+    }
+    return denom;
   }
 };
 
-// ---- the elementwise prox, in DESIGN order: L1 or L0, ridge, bounds --------
+// ---- one element: the whole order of operations ---------------------------
 
-template <class M, class TileT>
-PROXOPT_HD void prox_elementwise(int n, TileT& t, const Coeffs<M>& k, bool has_denom) {
-  // Euclidean metric: tau = lr * lambda; adaptive: tau_i = lr * lambda / denom_i.
-  const bool adaptive = has_denom && (k.flags & kAdaptive);
-  if (k.flags & kL1) {
-    if (adaptive) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = soft_threshold(t.w[j], k.l1_tau / t.denom[j]);
-    else PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = soft_threshold(t.w[j], k.l1_tau);
-  } else if (k.flags & kL0) {
-    if (adaptive) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = hard_threshold(t.w[j], k.l0_tau / t.denom[j]);
-    else PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = hard_threshold(t.w[j], k.l0_tau);
+// Step 6 for the elementwise proxes (L1 or L0, ridge, bounds).
+template <unsigned P, class M>
+PROXOPT_HD M prox_element(M w, M denom, const Coeffs<M>& k) {
+  if constexpr ((P & kAdaptive) != 0) {
+    if constexpr ((P & kAdaptiveL0) != 0) {
+      w = hard_threshold_at(w, std::sqrt(M(2) * (k.l0_tau / denom)));
+    } else {
+      w = soft_threshold(w, k.l1_tau / denom);
+    }
+    w = ridge(w, k.l2_tau / denom);  // tau 0: w / 1, exact
+  } else {
+    w = soft_threshold(w, k.l1_tau);                           // tau 0: the identity
+    w = (k.l0_on && std::fabs(w) <= k.l0_thr) ? M(0) : w;      // hard threshold
+    if constexpr ((P & kRidge) != 0) w = ridge(w, k.l2_tau);
   }
-  if (k.flags & kL2) {
-    if (adaptive) PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = ridge(t.w[j], k.l2_tau / t.denom[j]);
-    else PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = ridge(t.w[j], k.l2_tau);
-  }
-  // With a group prox the clamp comes last, after the group scaling (apply_group).
-  if ((k.flags & kBounds) && !(k.flags & kGroupProx)) {
-    PROXOPT_TILE_LOOP (int j = 0; j < n; ++j) t.w[j] = clamp(t.w[j], k.lo, k.hi);
-  }
+  if constexpr ((P & kGroup) == 0) w = clamp(w, k.lo, k.hi);
+  return w;
+}
+
+// One element of one tensor: returns the new weight (before any group
+// prox) and updates the rule's states s[] in place.
+template <class Rule, unsigned P, class M>
+PROXOPT_HD M step_element(M w, M g, M* s, const Coeffs<M>& k) {
+  g = g * k.inv_scale;
+  g = k.maximize ? -g : g;
+  g = k.coupled ? g + k.wd * w : g;
+  const M denom = Rule::update(w, g, s, k);
+  if constexpr ((P & kProx) != 0) w = prox_element<P>(w, denom, k);
+  return w;
 }
 
 // ---- group proxes: one factor per group, from the norm of its updated weights
 
-// Group soft threshold max(0, 1 - tau/||w_g||) (0 when ||w_g|| = 0), then the
-// max-norm projection min(1, c/||w_g||) of the shrunk group, whose norm is
-// ||w_g|| times the first factor. NaN norms propagate.
+// Group soft threshold max(0, 1 - tau/||w_g||) (0 when ||w_g|| <= tau), then
+// the max-norm projection min(1, c/||w_g||) of the shrunk group, whose norm
+// is ||w_g|| times the first factor. NaN norms propagate. The norm arrives in
+// double (sums of squares are accumulated in double) and the factor is
+// computed in double, so a group whose norm exceeds the math type's range
+// (||w|| > FLT_MAX for float) is still scaled, not zeroed.
+// `tau` is the group's threshold lr * group_lasso * sqrt(group size).
 template <class M>
-PROXOPT_HD M group_factor(M norm, const Coeffs<M>& k) {
-  M f = M(1);
-  if (k.flags & kGroupLasso) f = (norm <= k.group_tau) ? M(0) : M(1) - k.group_tau / norm;
-  if (k.flags & kMaxNorm) {
-    const M shrunk = norm * f;
+PROXOPT_HD M group_factor(double norm, double tau, const Coeffs<M>& k) {
+  double f = 1.0;
+  if (k.group_lasso_on) f = (norm <= tau) ? 0.0 : 1.0 - tau / norm;
+  if (k.max_norm_on) {
+    const double shrunk = norm * f;
     if (shrunk > k.max_norm) f = f * (k.max_norm / shrunk);
   }
-  return f;
+  return M(f);
 }
 
-// Scale n weights of one group by its factor, then clamp to the bounds (the
-// last step of all).
+// The last operation on a weight of a group: its factor, then the bounds.
 template <class M>
-PROXOPT_HD void apply_group(int64_t n, M* w, M factor, const Coeffs<M>& k) {
-  PROXOPT_TILE_LOOP (int64_t j = 0; j < n; ++j) w[j] = w[j] * factor;
-  if (k.flags & kBounds) PROXOPT_TILE_LOOP (int64_t j = 0; j < n; ++j) w[j] = clamp(w[j], k.lo, k.hi);
-}
-
-// One step of one tile: the whole order of operations of DESIGN.md, except
-// the group proxes, which need a norm over a whole group (drivers apply them).
-template <class Rule, class M, class TileT>
-PROXOPT_HD void step_tile(int n, TileT& t, const Coeffs<M>& k) {
-  prepare_grad(n, t, k);
-  Rule::update(n, t, k);
-  if (k.flags & kElementwiseProx) prox_elementwise(n, t, k, Rule::kHasDenom);
+PROXOPT_HD M finish_group(M w, M factor, const Coeffs<M>& k) {
+  return clamp(w * factor, k.lo, k.hi);
 }
 
 }  // namespace proxopt

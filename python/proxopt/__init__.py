@@ -5,7 +5,7 @@ the update, the penalty and the proximal shrinkage run in one pass over memory
 in a C++ kernel, and L1 gives exact zeros.
 """
 
-from ._backend import backend_info, has_cpu_kernels, set_simd_level, simd_level, simd_levels
+from ._native import backend_info, has_cpu_kernels, set_simd_level, simd_level, simd_levels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .groups import param_groups

@@ -2,36 +2,37 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from . import reference
-from .optimizer import ProxOptimizer, _default_step_dtype, check_nonneg
-from .reference import Hyper
+from .hyper import ADAGRAD
+from .optimizer import ProxOptimizer, check_nonneg
+from .regularizers import with_regularizers
 
 
+@with_regularizers
 class Adagrad(ProxOptimizer):
     r"""Adagrad, as ``torch.optim.Adagrad``, with proximal regularization fused
     into the same pass over memory.
 
     .. math::
        \begin{aligned}
-       & g_t \leftarrow \pm\nabla f(w_{t-1}) / s + \lambda_{wd} w_{t-1}
-            && \text{(maximize, AMP unscale, weight\_decay)}\\
-       & \tilde\gamma \leftarrow \gamma / (1 + (t-1)\eta) && (\eta = \text{lr\_decay})\\
+       & g_t \leftarrow \pm\nabla f(w_{t-1}) / s + \lambda_{wd} w_{t-1} \\
+       & \tilde\gamma \leftarrow \gamma / (1 + (t-1)\eta) && \text{(lr\_decay } \eta) \\
        & S_t \leftarrow S_{t-1} + g_t^2, \quad d_t \leftarrow \sqrt{S_t} + \epsilon \\
        & w_t \leftarrow w_{t-1} - \tilde\gamma\, g_t / d_t \\
-       & w_t \leftarrow \operatorname{prox}_\tau(w_t) && \text{(l1 | l0, l2, bounds)}
+       & w_t \leftarrow \operatorname{prox}_\tau(w_t) && (\tau = \tilde\gamma\lambda \text{ or } \tilde\gamma\lambda/d_{t,i})
        \end{aligned}
 
-    with :math:`\tau = \tilde\gamma\lambda` (``prox_metric="euclidean"``) or
-    :math:`\tau_i = \tilde\gamma\lambda / d_{t,i}` (``"adaptive"``: the
-    classic proximal Adagrad). Arguments are those of ``torch.optim.Adagrad``
-    plus the regularizers of :mod:`proxopt.regularizers`. As in torch, the
+    With ``l1`` and ``prox_metric="adaptive"`` this is the classic proximal
+    (composite mirror descent) Adagrad. Arguments are those of
+    ``torch.optim.Adagrad`` plus the regularizers below. As in torch, the
     state (``step``, ``sum``) is created in the constructor.
     """
 
-    _rule = reference.ADAGRAD
+    _rule = ADAGRAD
     _group_keys = ("lr_decay", "initial_accumulator_value", "eps")
     _all_state_keys = frozenset({"step", "sum"})
 
@@ -48,45 +49,31 @@ class Adagrad(ProxOptimizer):
         maximize: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        l1: float = 0.0,
-        l2: float = 0.0,
-        l0: float = 0.0,
-        bounds: tuple[float, float] | None = None,
-        prox_metric: str = "euclidean",
-        group_lasso: float = 0.0,
-        group_dim: int = 0,
-        max_norm: float | None = None,
-        max_norm_dim: int = 0,
+        **regularizers: Any,
     ) -> None:
         defaults = dict(
             lr=lr, lr_decay=lr_decay, eps=eps, weight_decay=weight_decay,
             initial_accumulator_value=initial_accumulator_value, foreach=foreach,
             maximize=maximize, differentiable=differentiable, fused=fused,
-            l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
-            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, regularizers)
+        step_dtype = torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state[p]
-                state["step"] = torch.tensor(0.0, dtype=_default_step_dtype())
+                state["step"] = torch.tensor(0.0, dtype=step_dtype)
                 state["sum"] = self._new_state(p, "sum", group)
 
-    def _check_hyper(self, group: dict) -> None:
-        check_nonneg("lr_decay", group["lr_decay"])
-        check_nonneg("weight_decay", group["weight_decay"])
+    def _rule_hyper(self, group: dict) -> dict[str, Any]:
         check_nonneg("initial_accumulator_value", group["initial_accumulator_value"])
-        check_nonneg("epsilon", group["eps"])
+        return dict(
+            lr_decay=check_nonneg("lr_decay", group["lr_decay"]),
+            weight_decay=check_nonneg("weight_decay", group["weight_decay"]),
+            eps=check_nonneg("epsilon", group["eps"]),
+        )
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("sum",)
 
-    def _new_state(self, p: Tensor, key: str, group: dict) -> Tensor:
-        v = group["initial_accumulator_value"]
-        return torch.full_like(p, complex(v, v) if p.is_complex() else v, memory_format=torch.preserve_format)
-
-    def _hyper(self, group: dict) -> Hyper:
-        h = self._base_hyper(group, reference.ADAGRAD)
-        h.lr_decay = float(group["lr_decay"])
-        h.eps = float(group["eps"])
-        return h
+    def _initial_state(self, key: str, group: dict) -> float:
+        return float(group["initial_accumulator_value"])

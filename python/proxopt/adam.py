@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from . import reference
-from .optimizer import ProxOptimizer, _scalar, check_nonneg
-from .reference import Hyper
+from .hyper import ADAM
+from .optimizer import ProxOptimizer, check_nonneg
+from .regularizers import _number, with_regularizers
 
 
+def _betas(betas: Any) -> tuple[float, float]:
+    """torch's betas checks, with a ValueError for a malformed pair."""
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"Invalid betas value: {betas!r} (expected a pair (beta1, beta2))")
+    if isinstance(betas[0], Tensor) != isinstance(betas[1], Tensor):
+        raise ValueError("betas must be either both floats or both Tensors")
+    out = []
+    for i, b in enumerate(betas):
+        if isinstance(b, Tensor) and b.numel() != 1:
+            raise ValueError("Tensor betas[{}] must be 1-element".format(i))
+        v = _number(f"beta parameter at index {i}", b)
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"Invalid beta parameter at index {i}: {b}")
+        out.append(v)
+    return out[0], out[1]
+
+
+@with_regularizers
 class Adam(ProxOptimizer):
     r"""Adam, as ``torch.optim.Adam``, with proximal regularization fused into
     the same pass over memory.
@@ -35,15 +55,15 @@ class Adam(ProxOptimizer):
     (``prox_metric="adaptive"``). The prox step is the argmin of
     ½‖x − w‖² + τ·R(x): L1 gives exact zeros.
 
-    Arguments are those of ``torch.optim.Adam`` plus ``l1``, ``l2``, ``l0``,
-    ``bounds`` and ``prox_metric`` (see :mod:`proxopt.regularizers`).
+    Arguments are those of ``torch.optim.Adam`` plus the regularizers below.
     ``fused=None``/``True`` runs the compiled kernel; ``fused=False`` the
     pure-torch reference; ``foreach`` is accepted for compatibility.
-    ``capturable`` and ``differentiable`` are not supported (an error, not
+    ``capturable=True`` needs CUDA parameters (a step can then be captured in
+    a CUDA graph); ``differentiable`` is not supported (an error, not
     silently ignored).
     """
 
-    _rule = reference.ADAM
+    _rule = ADAM
     _group_keys = ("betas", "eps", "amsgrad")
     _all_state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 
@@ -62,51 +82,52 @@ class Adam(ProxOptimizer):
         differentiable: bool = False,
         fused: bool | None = None,
         decoupled_weight_decay: bool = False,
-        l1: float = 0.0,
-        l2: float = 0.0,
-        l0: float = 0.0,
-        bounds: tuple[float, float] | None = None,
-        prox_metric: str = "euclidean",
-        group_lasso: float = 0.0,
-        group_dim: int = 0,
-        max_norm: float | None = None,
-        max_norm_dim: int = 0,
+        **regularizers: Any,
     ) -> None:
+        _betas(betas)
         defaults = dict(
-            lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+            lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, eps=eps,
+            weight_decay=weight_decay, amsgrad=amsgrad,
             maximize=maximize, foreach=foreach, capturable=capturable,
             differentiable=differentiable, fused=fused,
             decoupled_weight_decay=decoupled_weight_decay,
-            l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
-            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, regularizers)
 
-    def _check_hyper(self, group: dict) -> None:
-        check_nonneg("epsilon", group["eps"])
-        betas = group["betas"]
-        for i in (0, 1):
-            b = _scalar(betas[i])
-            if not 0.0 <= b < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {betas[i]}")
-        check_nonneg("weight_decay", group["weight_decay"])
+    def _rule_hyper(self, group: dict) -> dict[str, Any]:
+        beta1, beta2 = _betas(group["betas"])
+        return dict(
+            beta1=beta1, beta2=beta2,
+            eps=check_nonneg("epsilon", group["eps"]),
+            weight_decay=check_nonneg("weight_decay", group["weight_decay"]),
+            amsgrad=bool(group["amsgrad"]),
+            decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
+        )
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
-    def _hyper(self, group: dict) -> Hyper:
-        h = self._base_hyper(group, reference.ADAM)
-        h.beta1, h.beta2 = (_scalar(b) for b in group["betas"])
-        h.eps = float(group["eps"])
-        h.amsgrad = bool(group["amsgrad"])
-        h.decoupled_weight_decay = bool(group["decoupled_weight_decay"])
-        return h
 
-
+@with_regularizers
 class AdamW(Adam):
     r"""AdamW, as ``torch.optim.AdamW`` (Adam with decoupled weight decay,
     default ``weight_decay=1e-2``), with fused proximal regularization.
-    See :class:`Adam` for the algorithm and the regularizer arguments."""
+
+    .. math::
+       \begin{aligned}
+       & g_t \leftarrow \pm\nabla f(w_{t-1}) / s \\
+       & m_t \leftarrow \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+         v_t \leftarrow \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+       & d_t \leftarrow \sqrt{\hat v_t}/\sqrt{1-\beta_2^t} + \epsilon
+            && (\hat v_t = \max(\hat v_{t-1}, v_t) \text{ with amsgrad}) \\
+       & w_{t-1} \leftarrow w_{t-1}(1 - \gamma\lambda_{wd}) && \text{(decoupled weight decay)}\\
+       & w_t \leftarrow w_{t-1} - \frac{\gamma}{1-\beta_1^t}\, m_t / d_t \\
+       & w_t \leftarrow \operatorname{prox}_\tau(w_t) && \text{(l1 | l0, l2, bounds, group proxes)}
+       \end{aligned}
+
+    Arguments are those of ``torch.optim.AdamW`` plus the regularizers below
+    (see :class:`Adam` for ``fused``, ``capturable`` and the prox metric).
+    """
 
     def __init__(
         self,
@@ -122,22 +143,13 @@ class AdamW(Adam):
         capturable: bool = False,
         differentiable: bool = False,
         fused: bool | None = None,
-        l1: float = 0.0,
-        l2: float = 0.0,
-        l0: float = 0.0,
-        bounds: tuple[float, float] | None = None,
-        prox_metric: str = "euclidean",
-        group_lasso: float = 0.0,
-        group_dim: int = 0,
-        max_norm: float | None = None,
-        max_norm_dim: int = 0,
+        **regularizers: Any,
     ) -> None:
         super().__init__(
             params, lr, betas, eps, weight_decay, amsgrad,
             foreach=foreach, maximize=maximize, capturable=capturable,
             differentiable=differentiable, fused=fused, decoupled_weight_decay=True,
-            l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
-            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
+            **regularizers,
         )
 
     def __setstate__(self, state: dict) -> None:

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .reference import Hyper
+from .hyper import ADAGRAD, Hyper
 from .regularizers import group_shape
 
 __all__ = [
@@ -130,7 +130,7 @@ def split_group_prox(h: Hyper, params: Iterable[Tensor], dim: int) -> tuple[Hype
 def prox_lr(h: Hyper, step: Tensor | float | None) -> float:
     """The lr the proxes scale with after a step (the rule's own lr:
     Adagrad's decayed ``lr / (1 + (step - 1) * lr_decay)``, ``lr`` otherwise)."""
-    if h.rule == reference.ADAGRAD and h.lr_decay and step is not None:
+    if h.rule == ADAGRAD and h.lr_decay and step is not None:
         return h.lr / (1 + (float(step) - 1) * h.lr_decay)
     return h.lr
 

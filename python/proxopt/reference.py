@@ -5,7 +5,7 @@ the tests compare the kernels against.
 It mirrors ``csrc/proxopt/math.h`` line by line, in the same order of
 operations (DESIGN.md):
 
-1. g ← grad / grad_scale, negated if ``maximize``;
+1. g ← grad · (1/grad_scale) (AMP, as GradScaler unscales), negated if ``maximize``;
 2. g ← g + weight_decay·w where the optimizer couples weight decay;
 3. the rule's state update and direction d;
 4. w ← w·(1 − lr·weight_decay) where weight decay is decoupled (AdamW);
@@ -21,46 +21,14 @@ float64), as torch's fused optimizers do; results are stored back once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-SGD, ADAM, ADAGRAD, RMSPROP = 0, 1, 2, 3
+from .hyper import ADAGRAD, ADAM, RMSPROP, SGD, Hyper
 
-
-@dataclass
-class Hyper:
-    """The hyperparameters of one param group for one step (names as in C++)."""
-
-    rule: int = SGD
-    lr: float = 0.0
-    beta1: float = 0.0
-    beta2: float = 0.0
-    eps: float = 0.0
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    dampening: float = 0.0
-    alpha: float = 0.0
-    lr_decay: float = 0.0
-    l1: float = 0.0
-    l2: float = 0.0
-    l0: float = 0.0
-    lo: float = -math.inf
-    hi: float = math.inf
-    maximize: bool = False
-    decoupled_weight_decay: bool = False
-    amsgrad: bool = False
-    nesterov: bool = False
-    centered: bool = False
-    adaptive: bool = False
-    group_lasso: float = 0.0
-    max_norm: float = 0.0  # 0: no constraint
-    group_dim: int = 0  # the dim group_lasso and max_norm act along (Python side only)
-
-    @property
-    def has_group(self) -> bool:
-        return self.group_lasso != 0 or self.max_norm != 0
+__all__ = ["Hyper", "step_tensor", "soft_threshold", "hard_threshold", "ridge", "project_bounds",
+           "prox_elementwise", "group_factor", "prox_group", "SGD", "ADAM", "ADAGRAD", "RMSPROP"]
 
 
 # ---- proximal operators: each is argmin_x ½‖x − w‖² + τ·R(x) --------------
@@ -101,15 +69,17 @@ def prox_elementwise(h: Hyper, lr: float, w: Tensor, denom: Tensor | None) -> Te
         w = hard_threshold(w, tau(h.l0))
     if h.l2:
         w = ridge(w, tau(h.l2))
-    if (math.isfinite(h.lo) or math.isfinite(h.hi)) and not h.has_group:
+    if h.has_bounds and not h.has_group:
         w = project_bounds(w, h.lo, h.hi)
     return w
 
 
 def group_factor(norm: Tensor, group_tau: float, max_norm: float) -> Tensor:
-    """Per-group scale factor from the group norms ‖w_g‖₂:
-    the block soft threshold max(0, 1 − τ_g/‖w_g‖) (prox of τ_g‖w_g‖₂; 0 when
-    ‖w_g‖ = 0), then the projection onto ‖w_g‖ ≤ c of the shrunk group."""
+    """Per-group scale factor from the group norms ‖w_g‖₂ (float64): the block
+    soft threshold max(0, 1 − τ_g/‖w_g‖) (prox of τ_g‖w_g‖₂; 0 when
+    ‖w_g‖ ≤ τ_g), then the projection onto ‖w_g‖ ≤ c of the shrunk group.
+    Computed in float64, so a group whose norm overflows float32 is still
+    scaled, not zeroed; the caller rounds the factor to its math dtype."""
     f = torch.ones_like(norm)
     if group_tau:
         f = torch.where(norm <= group_tau, torch.zeros_like(norm), 1 - group_tau / norm)
@@ -125,13 +95,15 @@ def prox_group(h: Hyper, lr: float, w: Tensor) -> Tensor:
     shape = w.shape
     dim = h.group_dim % w.dim()
     outer, groups = math.prod(shape[:dim]), shape[dim]
-    w3 = w.reshape(outer, groups, -1)
-    size = outer * w3.shape[2]
-    # Norms summed in float64, as the kernels do, then rounded to the math dtype.
-    norm = torch.linalg.vector_norm(w3.double(), dim=(0, 2)).to(w.dtype)
-    f = group_factor(norm, lr * h.group_lasso * math.sqrt(size), h.max_norm)
+    inner = math.prod(shape[dim + 1 :])
+    if w.numel() == 0:
+        return w
+    w3 = w.reshape(outer, groups, inner)
+    # Norms summed in float64, as the kernels do; the factor too.
+    norm = torch.linalg.vector_norm(w3.double(), dim=(0, 2))
+    f = group_factor(norm, lr * h.group_lasso * math.sqrt(outer * inner), h.max_norm).to(w.dtype)
     w = (w3 * f[None, :, None]).reshape(shape)
-    if math.isfinite(h.lo) or math.isfinite(h.hi):
+    if h.has_bounds:
         w = project_bounds(w, h.lo, h.hi)
     return w
 
@@ -232,7 +204,8 @@ def step_tensor(
         step += 1
         t = float(step)
     if grad_scale is not None:
-        g = g / grad_scale.to(g.dtype).reshape(())
+        # As torch's GradScaler: the inverse scale in float64, rounded to float32.
+        g = g * (1.0 / grad_scale.double().reshape(())).float().to(g.dtype)
     if h.maximize:
         g = -g
     if h.weight_decay != 0 and not h.decoupled_weight_decay:

@@ -1,123 +1,178 @@
-"""The regularizer keywords every proxopt optimizer takes, and their validation.
+"""The regularizer keywords every proxopt optimizer takes: declared once here,
+with their defaults, validation and documentation; the optimizers'
+signatures and docstrings, :class:`~proxopt.hyper.Hyper` and the kernels'
+arguments follow from this table.
 
 Each keyword can be given to the optimizer (the default for every param
 group) or overridden in one param group, exactly like ``lr``.
 
-============  =====================================  ====================================
-keyword       penalty / constraint R(w)              applied after the step as
-============  =====================================  ====================================
-``l1``        λ‖w‖₁                                  soft threshold sign(w)·max(|w| − τ, 0)
-``l2``        λ/2‖w‖²                                ridge prox w / (1 + τ)
-``l1``+``l2`` elastic net                            soft threshold, then ridge
-``l0``        λ‖w‖₀                                  hard threshold: w if |w| > √(2τ) else 0
-``bounds``    lo ≤ w ≤ hi                            clamp
-``group_lasso`` λ Σ_g √|g| ‖w_g‖₂ (groups: slices     block soft threshold
-              along ``group_dim``, default 0 = rows)  w_g·max(0, 1 − τ√|g|/‖w_g‖₂)
-``max_norm``  ‖w_g‖₂ ≤ c (groups along                scale w_g by min(1, c/‖w_g‖₂)
-              ``max_norm_dim``)
-============  =====================================  ====================================
-
-In one step they act in this order: L1 or L0, ridge, group lasso, max-norm,
-bounds. ``l1`` with ``group_lasso`` is the sparse group lasso.
-
-τ = lr·λ with the current lr (``prox_metric="euclidean"``, the default), or
-τᵢ = lr·λ / dᵢ with dᵢ the optimizer's own per-element denominator
-(``prox_metric="adaptive"``; Adam: √v̂ᵢ + ε) for the elementwise proxes;
-group proxes always use the euclidean τ, so the adaptive metric with a group
-regularizer is an error. ``l1`` and ``l0`` cannot be combined, and
-``group_lasso`` with ``max_norm`` must use the same dim. Group regularizers
-need parameters with at least 2 dimensions: leave biases and norm weights
-out (:func:`proxopt.param_groups` does that).
+In one step they act after the update, in this order: L1 or L0, ridge, group
+lasso, max-norm, bounds. ``τ = lr·λ`` with the current lr
+(``prox_metric="euclidean"``, the default), or ``τᵢ = lr·λ / dᵢ`` with
+``dᵢ`` the optimizer's own per-element denominator (``"adaptive"``; Adam:
+``√v̂ᵢ + ε``) for the elementwise proxes; group proxes always use the
+euclidean τ. Every prox is the argmin of ``½‖x − w‖² + τ·R(x)``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from typing import Any
+import numbers
+from dataclasses import dataclass
+from typing import Any, Callable
 
-REGULARIZER_DEFAULTS: dict[str, Any] = {
-    "l1": 0.0,
-    "l2": 0.0,
-    "l0": 0.0,
-    "bounds": None,
-    "prox_metric": "euclidean",
-    "group_lasso": 0.0,
-    "group_dim": 0,
-    "max_norm": None,
-    "max_norm_dim": 0,
-}
+import torch
 
 PROX_METRICS = ("euclidean", "adaptive")
 
 
+# ---- value checks (one message style: "Invalid <name> value: <value>") --------
+
+
 def _number(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(f"Invalid {name} value: {value!r} (expected a number)") from None
-    return v
+    """A real number (int, float, numpy scalar, 0-dim tensor); strings and other
+    types are a TypeError, as torch.optim's comparisons make them."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value.item())
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name} value: {value!r} (a {type(value).__name__}; expected a number)")
+    return float(value)
 
 
-def check_nonnegative(name: str, value: Any) -> float:
-    """A finite or infinite number >= 0; NaN and negatives are rejected."""
+def nonnegative(name: str, value: Any) -> float:
+    """A number >= 0 (infinity allowed); NaN and negatives are rejected."""
     v = _number(name, value)
     if not v >= 0.0:  # also catches NaN
         raise ValueError(f"Invalid {name} value: {value}")
     return v
 
 
-def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> None:
-    """Check the regularizer keys of one param group; raise ValueError naming the argument."""
-    l1 = check_nonnegative("l1", group["l1"])
-    l2 = check_nonnegative("l2", group["l2"])
-    l0 = check_nonnegative("l0", group["l0"])
-    for name, v in (("l1", l1), ("l2", l2), ("l0", l0)):
-        if math.isinf(v):
-            raise ValueError(f"Invalid {name} value: {v} (must be finite)")
-    if l1 and l0:
+def strength(name: str, value: Any) -> float:
+    """A regularizer strength: finite and >= 0."""
+    v = nonnegative(name, value)
+    if math.isinf(v):
+        raise ValueError(f"Invalid {name} value: {v} (must be finite)")
+    return v
+
+
+def integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"Invalid {name} value: {value!r} (a {type(value).__name__}; expected an int)")
+    return int(value)
+
+
+def _bounds(name: str, value: Any) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = value
+    except (TypeError, ValueError):
+        raise ValueError(f"Invalid {name} value: {value!r} (expected a pair (lo, hi))") from None
+    lo, hi = _number(name, lo), _number(name, hi)
+    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        raise ValueError(f"Invalid {name} value: {value!r} (need lo <= hi)")
+    if lo == hi and math.isinf(lo):
+        raise ValueError(f"Invalid {name} value: {value!r} (the feasible set is empty: no finite weight lies in it)")
+    return (lo, hi)
+
+
+def _metric(name: str, value: Any) -> str:
+    if value not in PROX_METRICS:
+        raise ValueError(f"Invalid {name} value: {value!r} (expected one of {PROX_METRICS})")
+    return value
+
+
+def _max_norm(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    c = _number(name, value)
+    if not 0.0 < c < math.inf:
+        raise ValueError(f"Invalid {name} value: {value} (must be > 0 and finite, or None)")
+    return c
+
+
+# ---- the table -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Keyword:
+    """One regularizer keyword: its default, its check (returns the value in
+    canonical form or raises), its type for signatures, and its documentation."""
+
+    name: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    annotation: str
+    doc: str
+
+
+REGULARIZERS: tuple[Keyword, ...] = (
+    Keyword("l1", 0.0, strength, "float",
+            "λ of λ‖w‖₁: soft threshold ``sign(w)·max(|w| − τ, 0)`` after the step (exact zeros)."),
+    Keyword("l2", 0.0, strength, "float",
+            "λ of λ/2‖w‖²: ridge prox ``w / (1 + τ)`` after the step (with ``l1``: the elastic net)."),
+    Keyword("l0", 0.0, strength, "float",
+            "λ of λ‖w‖₀: hard threshold, ``w`` kept where ``|w| > √(2τ)``, else 0. Not with ``l1``."),
+    Keyword("bounds", None, _bounds, "tuple[float, float] | None",
+            "``(lo, hi)``: clamp every weight into [lo, hi] last of all (``(0, inf)``: non-negative "
+            "weights; an infinite side is unconstrained)."),
+    Keyword("prox_metric", "euclidean", _metric, "str",
+            "``'euclidean'`` (τ = lr·λ) or ``'adaptive'`` (τᵢ = lr·λ/dᵢ, the optimizer's own "
+            "denominator; not for SGD, not with group proxes) for ``l1``, ``l2``, ``l0``."),
+    Keyword("group_lasso", 0.0, strength, "float",
+            "λ of λ Σ_g √|g| ‖w_g‖₂ over the slices along ``group_dim``: block soft threshold "
+            "``w_g·max(0, 1 − τ√|g|/‖w_g‖₂)`` (whole groups become 0). Needs tensors of 2+ dims."),
+    Keyword("group_dim", 0, integer, "int",
+            "The dim whose slices are the groups of ``group_lasso`` (0: output rows / channels)."),
+    Keyword("max_norm", None, _max_norm, "float | None",
+            "c: project every group (slices along ``max_norm_dim``) onto ‖w_g‖₂ ≤ c."),
+    Keyword("max_norm_dim", 0, integer, "int",
+            "The dim whose slices ``max_norm`` bounds (the same as ``group_dim`` with both)."),
+)
+
+REGULARIZER_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS}
+_CHECKS = {k.name: k.check for k in REGULARIZERS}
+
+
+def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> dict[str, Any]:
+    """Check the regularizer keys of one param group; raise ``ValueError`` (or
+    ``TypeError`` for a value that is not a number) naming the argument.
+    Returns the canonical values."""
+    v = {name: check(name, group[name]) for name, check in _CHECKS.items()}
+    if v["l1"] and v["l0"]:
         raise ValueError(
-            f"l1={l1} and l0={l0} cannot be combined: the L1 soft threshold and the L0 hard "
+            f"l1={v['l1']} and l0={v['l0']} cannot be combined: the L1 soft threshold and the L0 hard "
             "threshold are alternative elementwise proxes; choose one"
         )
-    bounds = group["bounds"]
-    if bounds is not None:
-        try:
-            lo, hi = bounds
-        except (TypeError, ValueError):
-            raise ValueError(f"Invalid bounds value: {bounds!r} (expected a pair (lo, hi))") from None
-        lo = _number("bounds", lo)
-        hi = _number("bounds", hi)
-        if math.isnan(lo) or math.isnan(hi) or lo > hi:
-            raise ValueError(f"Invalid bounds value: {bounds!r} (need lo <= hi)")
-    metric = group["prox_metric"]
-    if metric not in PROX_METRICS:
-        raise ValueError(f"Invalid prox_metric value: {metric!r} (expected one of {PROX_METRICS})")
-    gl = check_nonnegative("group_lasso", group["group_lasso"])
-    if math.isinf(gl):
-        raise ValueError(f"Invalid group_lasso value: {gl} (must be finite)")
-    max_norm = group["max_norm"]
-    if max_norm is not None:
-        c = _number("max_norm", max_norm)
-        if not 0.0 < c < math.inf:
-            raise ValueError(f"Invalid max_norm value: {max_norm} (must be > 0 and finite, or None)")
-    for key in ("group_dim", "max_norm_dim"):
-        if isinstance(group[key], bool) or not isinstance(group[key], int):
-            raise ValueError(f"Invalid {key} value: {group[key]!r} (expected an int)")
-    if gl and max_norm is not None and group["group_dim"] != group["max_norm_dim"]:
+    gl, max_norm = v["group_lasso"], v["max_norm"]
+    if gl and max_norm is not None and v["group_dim"] != v["max_norm_dim"]:
         raise ValueError(
-            f"group_dim={group['group_dim']} and max_norm_dim={group['max_norm_dim']} differ: "
+            f"group_dim={v['group_dim']} and max_norm_dim={v['max_norm_dim']} differ: "
             "group_lasso and max_norm together must act on the same groups"
         )
-    if metric == "adaptive" and (gl or max_norm is not None):
+    if v["prox_metric"] == "adaptive" and (gl or max_norm is not None):
         raise ValueError(
             "prox_metric='adaptive' cannot be combined with group_lasso or max_norm: group proxes "
             "use the euclidean metric; use prox_metric='euclidean' or separate param groups"
         )
-    if metric == "adaptive" and not adaptive_ok:
+    if v["prox_metric"] == "adaptive" and not adaptive_ok:
         raise ValueError(
             f"prox_metric='adaptive' is not defined for {optimizer}: it has no per-element "
             "preconditioner; use prox_metric='euclidean'"
         )
+    return v
+
+
+def regularizer_hyper(v: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`~proxopt.hyper.Hyper` fields of validated regularizer values."""
+    lo, hi = v["bounds"] if v["bounds"] is not None else (-math.inf, math.inf)
+    return dict(
+        l1=v["l1"], l2=v["l2"], l0=v["l0"], lo=lo, hi=hi,
+        adaptive=v["prox_metric"] == "adaptive",
+        group_lasso=v["group_lasso"], max_norm=v["max_norm"] or 0.0,
+        group_dim=v["group_dim"] if v["group_lasso"] else v["max_norm_dim"],
+    )
 
 
 def has_prox(group: dict) -> bool:
@@ -142,7 +197,33 @@ def group_shape(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
     return (math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1 :]))
 
 
-def bounds_of(group: dict) -> tuple[float, float]:
-    """The (lo, hi) pair of a group, (-inf, inf) when unconstrained."""
-    b = group["bounds"]
-    return (-math.inf, math.inf) if b is None else (float(b[0]), float(b[1]))
+# ---- what the optimizers derive from the table -------------------------------------
+
+
+def with_regularizers(cls: type) -> type:
+    """Class decorator for the optimizers: their ``__init__`` takes the
+    regularizers as ``**regularizers``; this gives it the explicit signature
+    (every keyword, with its default, for ``inspect.signature`` and ``help``)
+    and appends the keywords' documentation to the class docstring."""
+    init = cls.__init__
+    sig = inspect.signature(init)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    params += [
+        inspect.Parameter(k.name, inspect.Parameter.KEYWORD_ONLY, default=k.default, annotation=k.annotation)
+        for k in REGULARIZERS
+    ]
+    init.__signature__ = sig.replace(parameters=params)
+    lines = ["", "    Regularizers (keyword-only; each can be overridden per param group):", ""]
+    for k in REGULARIZERS:
+        lines.append(f"        {k.name} ({k.annotation}, default {k.default!r}): {k.doc}")
+    cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
+    return cls
+
+
+def split_regularizers(optimizer: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The regularizer keyword arguments of a constructor call with their
+    defaults filled in; an unknown keyword is a TypeError, as Python gives."""
+    unknown = sorted(set(kwargs) - set(REGULARIZER_DEFAULTS))
+    if unknown:
+        raise TypeError(f"{optimizer}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+    return {**REGULARIZER_DEFAULTS, **kwargs}

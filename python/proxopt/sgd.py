@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor
 
-from . import reference
+from .hyper import SGD as _SGD
 from .optimizer import ProxOptimizer, check_nonneg
-from .reference import Hyper
+from .regularizers import with_regularizers
 
 
+@with_regularizers
 class SGD(ProxOptimizer):
     r"""Stochastic gradient descent (optionally with momentum), as ``torch.optim.SGD``,
     with proximal regularization fused into the same pass over memory.
@@ -26,16 +29,16 @@ class SGD(ProxOptimizer):
 
     Arguments are those of ``torch.optim.SGD`` (``lr``, ``momentum``,
     ``dampening``, ``weight_decay``, ``nesterov``, ``maximize``, ``foreach``,
-    ``differentiable``, ``fused``) plus the regularizers ``l1``, ``l2``,
-    ``l0``, ``bounds`` (see :mod:`proxopt.regularizers`); ``prox_metric``
-    can only be ``"euclidean"``: SGD has no per-element preconditioner.
+    ``differentiable``, ``fused``) plus the regularizers below;
+    ``prox_metric`` can only be ``"euclidean"``: SGD has no per-element
+    preconditioner.
 
     ``fused=None`` or ``True`` (default) runs the compiled kernel where it
     applies; ``fused=False`` runs the pure-torch reference. ``foreach`` is
     accepted for compatibility: the kernel is always multi-tensor.
     """
 
-    _rule = reference.SGD
+    _rule = _SGD
     _group_keys = ("momentum", "dampening", "nesterov")
     _all_state_keys = frozenset({"momentum_buffer"})
     _adaptive_ok = False
@@ -54,38 +57,22 @@ class SGD(ProxOptimizer):
         foreach: bool | None = None,
         differentiable: bool = False,
         fused: bool | None = None,
-        l1: float = 0.0,
-        l2: float = 0.0,
-        l0: float = 0.0,
-        bounds: tuple[float, float] | None = None,
-        prox_metric: str = "euclidean",
-        group_lasso: float = 0.0,
-        group_dim: int = 0,
-        max_norm: float | None = None,
-        max_norm_dim: int = 0,
+        **regularizers: Any,
     ) -> None:
         defaults = dict(
             lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
             nesterov=nesterov, maximize=maximize, foreach=foreach,
             differentiable=differentiable, fused=fused,
-            l1=l1, l2=l2, l0=l0, bounds=bounds, prox_metric=prox_metric,
-            group_lasso=group_lasso, group_dim=group_dim, max_norm=max_norm, max_norm_dim=max_norm_dim,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, regularizers)
 
-    def _check_hyper(self, group: dict) -> None:
-        check_nonneg("momentum", group["momentum"])
-        check_nonneg("dampening", group["dampening"])
-        check_nonneg("weight_decay", group["weight_decay"])
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+    def _rule_hyper(self, group: dict) -> dict[str, Any]:
+        momentum = check_nonneg("momentum", group["momentum"])
+        dampening = check_nonneg("dampening", group["dampening"])
+        weight_decay = check_nonneg("weight_decay", group["weight_decay"])
+        if group["nesterov"] and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        return dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(group["nesterov"]))
 
     def _state_keys(self, group: dict) -> tuple[str, ...]:
         return ("momentum_buffer",) if group["momentum"] != 0 else ()
-
-    def _hyper(self, group: dict) -> Hyper:
-        h = self._base_hyper(group, reference.SGD)
-        h.momentum = float(group["momentum"])
-        h.dampening = float(group["dampening"])
-        h.nesterov = bool(group["nesterov"])
-        return h
