@@ -59,15 +59,15 @@ def post_grad_graphs(monkeypatch):
     """The FX graphs inductor compiles, as they are after its post-grad passes."""
     graphs: list[torch.fx.Graph] = []
     original = compile_fx.post_grad_passes
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)  # a cache hit skips the passes
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
 
     def record(gm, is_inference):
         original(gm, is_inference)
         graphs.append(gm.graph)
 
     monkeypatch.setattr(compile_fx, "post_grad_passes", record)
-    return graphs
+    # a cache hit would skip the passes
+    with torch._inductor.config.patch(fx_graph_cache=False), torch._functorch.config.patch(enable_autograd_cache=False):
+        yield graphs
 
 
 def test_compiled_model_trains_with_proxopt():
