@@ -317,20 +317,25 @@ void run_groups(const TensorTask& t, int64_t q0, int64_t q1) {
 
 // ---- instantiation: the rule variants x prox shapes the entry point uses ------
 
+// Every shape prox_shape (coeffs.h) returns, for one rule variant and dtype.
 template <class Rule, class T>
 KernelSet kernels_for(unsigned p) {
+  constexpr unsigned kGroupGeneral = kGroup | kL1 | kL0 | kRidge;
   KernelSet ks;
   switch (p) {
     case 0: ks.plain = run_plain<Rule, 0, T>; break;
-    case kProx: ks.plain = run_plain<Rule, kProx, T>; break;
-    case kProx | kRidge: ks.plain = run_plain<Rule, kProx | kRidge, T>; break;
+    case kL1: ks.plain = run_plain<Rule, kL1, T>; break;
+    case kL0: ks.plain = run_plain<Rule, kL0, T>; break;
+    case kRidge: ks.plain = run_plain<Rule, kRidge, T>; break;
+    case kL1 | kRidge: ks.plain = run_plain<Rule, kL1 | kRidge, T>; break;
+    case kClamp: ks.plain = run_plain<Rule, kClamp, T>; break;
+    case kGeneral: ks.plain = run_plain<Rule, kGeneral, T>; break;
     case kGroup: ks.groups = run_groups<Rule, kGroup, T>; break;
-    case kGroup | kProx: ks.groups = run_groups<Rule, kGroup | kProx, T>; break;
-    case kGroup | kProx | kRidge: ks.groups = run_groups<Rule, kGroup | kProx | kRidge, T>; break;
+    case kGroupGeneral: ks.groups = run_groups<Rule, kGroupGeneral, T>; break;
     default:
       if constexpr (Rule::kHasDenom) {
-        if (p == (kProx | kAdaptive)) ks.plain = run_plain<Rule, kProx | kAdaptive, T>;
-        if (p == (kProx | kAdaptive | kAdaptiveL0)) ks.plain = run_plain<Rule, kProx | kAdaptive | kAdaptiveL0, T>;
+        if (p == (kAdaptive | kL1)) ks.plain = run_plain<Rule, kAdaptive | kL1, T>;
+        if (p == (kAdaptive | kGeneral)) ks.plain = run_plain<Rule, kAdaptive | kGeneral, T>;
       }
       break;
   }

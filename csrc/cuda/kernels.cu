@@ -223,17 +223,16 @@ int launch_variant(const Tensors& c, void* stream) {
 
 template <class Rule>
 int launch_shape(const Tensors& c, unsigned p, void* stream) {
+  constexpr unsigned kGroupGeneral = kGroup | kL1 | kL0 | kRidge;
   switch (p) {
     case 0: return launch_variant<Rule, 0>(c, stream);
-    case kProx | kRidge: return launch_variant<Rule, kProx | kRidge>(c, stream);
+    case kGeneral: return launch_variant<Rule, kGeneral>(c, stream);
     case kGroup: return launch_variant<Rule, kGroup>(c, stream);
-    case kGroup | kProx | kRidge: return launch_variant<Rule, kGroup | kProx | kRidge>(c, stream);
-    default:
-      if constexpr (Rule::kHasDenom) {
-        if (p == (kProx | kAdaptive)) return launch_variant<Rule, kProx | kAdaptive>(c, stream);
-        if (p == (kProx | kAdaptive | kAdaptiveL0)) return launch_variant<Rule, kProx | kAdaptive | kAdaptiveL0>(c, stream);
-      }
+    case kGroupGeneral: return launch_variant<Rule, kGroupGeneral>(c, stream);
+    case kAdaptive | kGeneral:
+      if constexpr (Rule::kHasDenom) return launch_variant<Rule, kAdaptive | kGeneral>(c, stream);
       return -1;
+    default: return -1;
   }
 }
 

@@ -32,11 +32,13 @@ PROXOPT_DECLARE_CUDA_DTYPE(bf16)
 int launch_bump(const Bump& b, void* stream);
 
 // The prox shape the CUDA kernels are instantiated for, from the CPU's
-// (cpu/driver.h prox_shape): arithmetic is cheap next to memory on a GPU, so
-// the euclidean proxes always include the ridge (tau 0 divides by 1, exactly).
+// (coeffs.h prox_shape): arithmetic is cheap next to memory on a GPU, so every
+// regularized step takes the general shape of its kind (unused proxes at their
+// exact neutral values): plain, general, adaptive general, and the two group ones.
 inline unsigned cuda_prox_shape(unsigned p) {
-  if ((p & kProx) != 0 && (p & kAdaptive) == 0) p |= kRidge;
-  return p;
+  if ((p & kGroup) != 0) return p;
+  if ((p & kAdaptive) != 0) return kAdaptive | kGeneral;
+  return p == 0 ? 0u : kGeneral;
 }
 
 }  // namespace proxopt::cuda

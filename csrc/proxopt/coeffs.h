@@ -19,20 +19,20 @@ PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, doubl
   Coeffs<double> k{};
   const int rule = int(h.rule);
   double prox_lr = lr;  // the lr the prox thresholds scale with
-  k.inv_scale = inv_scale;
+  k.grad_mul = h.maximize != 0 ? -inv_scale : inv_scale;
   k.eps = h.eps;
   k.momentum = h.momentum;
   k.one_minus_dampening = 1.0 - h.dampening;
   k.alpha = h.alpha;
   k.one_minus_alpha = 1.0 - h.alpha;
   k.decay = 1.0;
-  k.bc2_sqrt = 1.0;
+  k.inv_bc2_sqrt = 1.0;
   k.neg_step = -lr;
   if (rule == 1) {  // Adam
     const double bc1 = 1.0 - pow(h.beta1, t);
     const double bc2 = 1.0 - pow(h.beta2, t);
     k.neg_step = -(lr / bc1);
-    k.bc2_sqrt = pow(bc2, 0.5);  // Python's bc2 ** 0.5, as torch writes it
+    k.inv_bc2_sqrt = 1.0 / pow(bc2, 0.5);  // Python's bc2 ** 0.5, as torch writes it
     k.beta1_weight = 1.0 - h.beta1;
     k.beta2 = h.beta2;
     k.one_minus_beta2 = 1.0 - h.beta2;
@@ -42,19 +42,16 @@ PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, doubl
   }
   if (h.weight_decay != 0) {
     if (h.decoupled_weight_decay != 0) {
-      k.decoupled = 1;
       k.decay = 1.0 - lr * h.weight_decay;
     } else {
       k.coupled = 1;
       k.wd = h.weight_decay;
     }
   }
-  k.maximize = h.maximize != 0;
   k.nesterov = h.nesterov != 0;
   k.fresh = fresh;
   k.l1_tau = prox_lr * h.l1;
   k.l0_tau = prox_lr * h.l0;
-  k.l0_on = h.l0 != 0;
   k.l2_tau = prox_lr * h.l2;
   k.lo = h.lo;
   k.hi = h.hi;
@@ -65,24 +62,36 @@ PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, doubl
   return k;
 }
 
-// The rounding of the euclidean L0 threshold sqrt(2 * tau) happens in the
-// math type, as the reference computes it: call on the cast coefficients.
+// The euclidean L0 threshold sqrt(2 * tau), rounded in the math type as the
+// reference computes it (call on the cast coefficients); -1 when L0 is off,
+// which keeps every weight.
+// The ridge factor and the lerp weights' branch are taken here too, in the math type as torch.lerp
+// computes 1 - w (math.h lerp).
 template <class M>
 PROXOPT_HD Coeffs<M> finish_coeffs(Coeffs<M> k) {
-  k.l0_thr = std::sqrt(M(2) * k.l0_tau);
+  k.l0_thr = k.l0_tau > M(0) ? std::sqrt(M(2) * k.l0_tau) : M(-1);
+  k.l2_mul = M(1) / (M(1) + k.l2_tau);  // ridge's factor, in the math type as ridge() computes it
+  k.m_lerp_hi = !(k.beta1_weight < M(0.5));
+  k.m_lerp = k.m_lerp_hi ? -(M(1) - k.beta1_weight) : k.beta1_weight;
+  k.a_lerp_hi = !(k.one_minus_alpha < M(0.5));
+  k.a_lerp = k.a_lerp_hi ? -(M(1) - k.one_minus_alpha) : k.one_minus_alpha;
   return k;
 }
 
-// The prox shape (math.h: kProx, kRidge, kAdaptive, kAdaptiveL0, kGroup) a
-// group's hyperparameters need; the CPU and CUDA kernels are instantiated for these.
+// The prox shape (math.h) a group's hyperparameters need: exactly their
+// proxes for a single regularizer (and L1 + L2), the general shape otherwise.
+// The CPU and CUDA kernels are instantiated for these (cuda/kernels.h maps
+// them onto fewer CUDA shapes).
 inline unsigned prox_shape(const Hyper& h) {
-  unsigned p = 0;
-  const bool adaptive = h.adaptive != 0 && (h.l1 != 0 || h.l0 != 0 || h.l2 != 0);
-  if (h.has_elementwise_prox() && !(h.has_group() && h.l1 == 0 && h.l0 == 0 && h.l2 == 0)) p |= kProx;
-  if ((p & kProx) && h.l2 != 0 && !adaptive) p |= kRidge;
-  if ((p & kProx) && adaptive) p |= kAdaptive | (h.l0 != 0 ? kAdaptiveL0 : 0u);
-  if (h.has_group()) p |= kGroup;
-  return p;
+  unsigned used = (h.l1 != 0 ? kL1 : 0u) | (h.l0 != 0 ? kL0 : 0u) | (h.l2 != 0 ? kRidge : 0u);
+  if (h.has_group()) return kGroup | (used != 0 ? (kL1 | kL0 | kRidge) : 0u);
+  const bool bounded = std::isfinite(h.lo) || std::isfinite(h.hi);
+  if (h.adaptive != 0 && used != 0) return kAdaptive | (used == kL1 && !bounded ? kL1 : kGeneral);
+  if (bounded) used |= kClamp;
+  switch (used) {
+    case 0: case kL1: case kL0: case kRidge: case kL1 | kRidge: case kClamp: return used;
+    default: return kGeneral;
+  }
 }
 
 }  // namespace proxopt

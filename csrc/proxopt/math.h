@@ -3,7 +3,7 @@
 // order of operations, so fused and reference results stay within rounding.
 //
 // Order inside a step (DESIGN.md), all in one visit of the element:
-//   1. g <- grad * inv_scale (AMP), negated if maximize;
+//   1. g <- grad * (1/grad_scale) (AMP), negated if maximize;
 //   2. g <- g + wd * w                 (coupled weight decay);
 //   3. the rule's state update and direction d;
 //   4. w <- w * (1 - lr * wd)          (decoupled weight decay, AdamW);
@@ -33,57 +33,69 @@
 namespace proxopt {
 
 // ---- prox shapes: the template argument P ---------------------------------
-// kProx:     the elementwise prox runs (L1 and L0 thresholds with the
-//            euclidean tau, bounds); its absence is the plain step.
-// kRidge:    the ridge prox w / (1 + tau2): one division per element.
-// kAdaptive: tau_i = lr * lambda / denom_i (prox_metric="adaptive"), with
-//            kAdaptiveL0 choosing the hard threshold over the soft one.
-// kGroup:    a group prox follows: bounds wait for it (the driver clamps).
+// Each bit compiles one elementwise prox into the loop (coeffs.h prox_shape
+// picks the shape of a param group): the common single regularizers get a
+// loop with exactly their operations -- in cache, every extra operation is
+// measurable next to Adam's square root and two divisions -- and any other
+// combination the general shape, every prox in, the unused ones at their
+// neutral values (tau 0, the L0 threshold -1, bounds +-inf), each exact.
+//   kL1, kL0:  soft / hard threshold (exclusive: at most one is nonzero);
+//   kRidge:    w / (1 + tau2);
+//   kClamp:    bounds (with a group prox the driver clamps, after the group);
+//   kAdaptive: tau_i = lr * lambda / denom_i (prox_metric="adaptive");
+//   kGroup:    a group prox follows.
 enum : unsigned {
-  kProx = 1u << 0,
-  kRidge = 1u << 1,
-  kAdaptive = 1u << 2,
-  kAdaptiveL0 = 1u << 3,
-  kGroup = 1u << 4,
+  kL1 = 1u << 0,
+  kL0 = 1u << 1,
+  kRidge = 1u << 2,
+  kClamp = 1u << 3,
+  kAdaptive = 1u << 4,
+  kGroup = 1u << 5,
 };
+constexpr unsigned kGeneral = kL1 | kL0 | kRidge | kClamp;
 
 // The scalars of one tensor's step, computed once on the host in double
 // (coeffs.h) and rounded once to the math type M.
 template <class M>
 struct Coeffs {
-  M inv_scale;            // AMP: 1 / grad_scale (1 without AMP)
+  M grad_mul;             // AMP's 1 / grad_scale (1 without AMP), negative if maximize
   M wd;                   // coupled weight decay (0 when off or decoupled)
-  M decay;                // decoupled decay factor 1 - lr * wd (1 when off)
+  M decay;                // decoupled decay factor 1 - lr * wd (1 when off: exact)
   M neg_step;             // -(step size); Adam: -lr / (1 - beta1^t)
   M beta1_weight;         // Adam: 1 - beta1 (lerp weight of the first moment)
-  M beta2, one_minus_beta2, bc2_sqrt;  // Adam second moment and its bias correction
+  M beta2, one_minus_beta2, inv_bc2_sqrt;  // Adam second moment, 1 / sqrt(1 - beta2^t)
   M eps;
   M momentum, one_minus_dampening;     // SGD / RMSprop momentum
   M alpha, one_minus_alpha;            // RMSprop smoothing
-  M l1_tau, l0_tau, l0_thr, l2_tau;    // lr * lambda; l0_thr = sqrt(2 * l0_tau)
+  M l1_tau, l0_tau, l0_thr, l2_tau;    // lr * lambda; l0_thr = sqrt(2 * l0_tau), -1 when off
+  M l2_mul;                            // the euclidean ridge factor 1 / (1 + l2_tau) (finish_coeffs)
   M lo, hi;                            // bounds
+  M m_lerp, a_lerp;                    // lerp factors of beta1_weight, one_minus_alpha (finish_coeffs)
   double group_lambda;                 // lr * group_lasso (times sqrt(group size): the group's tau)
   double max_norm;                     // group proxes decide in double (see group_factor)
   // Uniform switches, 0 or 1. int32, not bool: GCC packs adjacent bools of a
   // copied struct into one word and then cannot vectorize selects on them.
-  int32_t maximize, coupled, decoupled, nesterov, fresh, l0_on, group_lasso_on, max_norm_on;
+  int32_t coupled, nesterov, fresh, group_lasso_on, max_norm_on, m_lerp_hi, a_lerp_hi;
 
   template <class N>
   PROXOPT_HD Coeffs<N> cast() const {
-    return Coeffs<N>{N(inv_scale), N(wd), N(decay), N(neg_step), N(beta1_weight), N(beta2),
-                     N(one_minus_beta2), N(bc2_sqrt), N(eps), N(momentum), N(one_minus_dampening),
+    return Coeffs<N>{N(grad_mul), N(wd), N(decay), N(neg_step), N(beta1_weight), N(beta2),
+                     N(one_minus_beta2), N(inv_bc2_sqrt), N(eps), N(momentum), N(one_minus_dampening),
                      N(alpha), N(one_minus_alpha), N(l1_tau), N(l0_tau), N(l0_thr), N(l2_tau),
-                     N(lo), N(hi), group_lambda, max_norm, maximize, coupled, decoupled,
-                     nesterov, fresh, l0_on, group_lasso_on, max_norm_on};
+                     N(l2_mul), N(lo), N(hi), N(m_lerp), N(a_lerp), group_lambda, max_norm, coupled,
+                     nesterov, fresh, group_lasso_on, max_norm_on, m_lerp_hi, a_lerp_hi};
   }
 };
 
 // ---- helpers with torch's exact semantics --------------------------------
 
-// torch.lerp: the formula switches at weight 0.5 for accuracy.
+// torch.lerp(a, b, w): a + w (b - a) for w < 0.5, else b - (b - a)(1 - w). For
+// a weight uniform over the tensor the branch is taken once (finish_coeffs):
+// (hi ? b : a) + (b - a) c, with c = w or -(1 - w) -- the same roundings, as
+// x (-y) = -(x y) and b + (-z) = b - z exactly.
 template <class M>
-PROXOPT_HD M lerp(M a, M b, M w) {
-  return (w < M(0.5)) ? a + w * (b - a) : b - (b - a) * (M(1) - w);
+PROXOPT_HD M lerp(M a, M b, M c, int32_t hi) {
+  return (hi ? b : a) + (b - a) * c;
 }
 
 // torch.maximum: NaN in either argument propagates.
@@ -94,31 +106,35 @@ PROXOPT_HD M maximum(M a, M b) {
 
 // ---- proximal operators (each the argmin_x 1/2|x - w|^2 + tau*R(x)) ------
 
-// R = |x|: sign(w) * max(|w| - tau, 0). Exact zeros; NaN stays NaN; tau = 0
+// Projection onto [lo, hi]: two selects, each one min/max instruction; NaN
+// stays NaN; +-inf bounds are the identity.
+template <class M>
+PROXOPT_HD M clamp(M w, M lo, M hi) {
+  M c = (w < lo) ? lo : w;
+  return (c > hi) ? hi : c;
+}
+
+// R = |x|: sign(w) * max(|w| - tau, 0), computed as w - clamp(w, -tau, tau):
+// the same roundings (|w| - tau, or its negation), three instructions instead
+// of six, exact zeros (of either sign) where |w| <= tau; NaN stays NaN; tau 0
 // is the identity.
 template <class M>
 PROXOPT_HD M soft_threshold(M w, M tau) {
-  M a = std::fabs(w) - tau;
-  a = (a < M(0)) ? M(0) : a;
-  return std::copysign(a, w);
+  return w - clamp(w, -tau, tau);
 }
 
-// R = |x|_0: keep w where |w| > thr = sqrt(2 tau), else 0. NaN stays NaN.
+// R = |x|_0: keep w where |w| > thr = sqrt(2 tau), else 0. NaN stays NaN; a
+// negative thr is the identity.
 template <class M>
 PROXOPT_HD M hard_threshold_at(M w, M thr) {
   return (std::fabs(w) <= thr) ? M(0) : w;
 }
 
-// R = 1/2 x^2: w / (1 + tau).
+// R = 1/2 x^2: w / (1 + tau), as w * (1 / (1 + tau)): for a tau uniform over
+// the tensor the division is taken once (finish_coeffs: l2_mul).
 template <class M>
 PROXOPT_HD M ridge(M w, M tau) {
-  return w / (M(1) + tau);
-}
-
-// Projection onto [lo, hi]; NaN stays NaN; +-inf bounds are the identity.
-template <class M>
-PROXOPT_HD M clamp(M w, M lo, M hi) {
-  return (w < lo) ? lo : ((w > hi) ? hi : w);
+  return w * (M(1) / (M(1) + tau));
 }
 
 // ---- update rules ---------------------------------------------------------
@@ -149,7 +165,7 @@ struct Adam {
   static constexpr bool kHasDenom = true;
   template <class M>
   PROXOPT_HD static M update(M& w, M g, M* s, const Coeffs<M>& k) {
-    const M m = lerp(s[0], g, k.beta1_weight);
+    const M m = lerp(s[0], g, k.m_lerp, k.m_lerp_hi);
     const M v = s[1] * k.beta2 + k.one_minus_beta2 * g * g;
     s[0] = m;
     s[1] = v;
@@ -158,8 +174,8 @@ struct Adam {
       vhat = maximum(s[2], v);
       s[2] = vhat;
     }
-    const M denom = std::sqrt(vhat) / k.bc2_sqrt + k.eps;
-    w = k.decoupled ? w * k.decay : w;
+    const M denom = std::sqrt(vhat) * k.inv_bc2_sqrt + k.eps;
+    w = w * k.decay;
     w = w + k.neg_step * m / denom;
     return denom;
   }
@@ -189,7 +205,7 @@ struct Rmsprop {
     s[0] = sq;
     M avg;
     if constexpr (Centered) {
-      const M gavg = lerp(s[1 + int(Momentum)], g, k.one_minus_alpha);
+      const M gavg = lerp(s[1 + int(Momentum)], g, k.a_lerp, k.a_lerp_hi);
       s[1 + int(Momentum)] = gavg;
       avg = std::sqrt(sq + M(-1) * gavg * gavg);
     } else {
@@ -209,22 +225,19 @@ struct Rmsprop {
 
 // ---- one element: the whole order of operations ---------------------------
 
-// Step 6 for the elementwise proxes (L1 or L0, ridge, bounds).
+// Step 6 for the elementwise proxes (L1 or L0, ridge, bounds), those of P.
 template <unsigned P, class M>
 PROXOPT_HD M prox_element(M w, M denom, const Coeffs<M>& k) {
   if constexpr ((P & kAdaptive) != 0) {
-    if constexpr ((P & kAdaptiveL0) != 0) {
-      w = hard_threshold_at(w, std::sqrt(M(2) * (k.l0_tau / denom)));
-    } else {
-      w = soft_threshold(w, k.l1_tau / denom);
-    }
-    w = ridge(w, k.l2_tau / denom);  // tau 0: w / 1, exact
+    if constexpr ((P & kL1) != 0) w = soft_threshold(w, k.l1_tau / denom);
+    if constexpr ((P & kL0) != 0) w = hard_threshold_at(w, std::sqrt(M(2) * (k.l0_tau / denom)));
+    if constexpr ((P & kRidge) != 0) w = ridge(w, k.l2_tau / denom);
   } else {
-    w = soft_threshold(w, k.l1_tau);                           // tau 0: the identity
-    w = (k.l0_on && std::fabs(w) <= k.l0_thr) ? M(0) : w;      // hard threshold
-    if constexpr ((P & kRidge) != 0) w = ridge(w, k.l2_tau);
+    if constexpr ((P & kL1) != 0) w = soft_threshold(w, k.l1_tau);
+    if constexpr ((P & kL0) != 0) w = hard_threshold_at(w, k.l0_thr);
+    if constexpr ((P & kRidge) != 0) w = w * k.l2_mul;  // the ridge, its division taken once
   }
-  if constexpr ((P & kGroup) == 0) w = clamp(w, k.lo, k.hi);
+  if constexpr ((P & kClamp) != 0) w = clamp(w, k.lo, k.hi);
   return w;
 }
 
@@ -232,11 +245,10 @@ PROXOPT_HD M prox_element(M w, M denom, const Coeffs<M>& k) {
 // prox) and updates the rule's states s[] in place.
 template <class Rule, unsigned P, class M>
 PROXOPT_HD M step_element(M w, M g, M* s, const Coeffs<M>& k) {
-  g = g * k.inv_scale;
-  g = k.maximize ? -g : g;
+  g = g * k.grad_mul;  // unscale and negate at once: g * (-s) = -(g * s) exactly
   g = k.coupled ? g + k.wd * w : g;
   const M denom = Rule::update(w, g, s, k);
-  if constexpr ((P & kProx) != 0) w = prox_element<P>(w, denom, k);
+  if constexpr ((P & kGeneral) != 0) w = prox_element<P>(w, denom, k);
   return w;
 }
 

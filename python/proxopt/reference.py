@@ -46,8 +46,10 @@ def hard_threshold(w: Tensor, tau: float | Tensor) -> Tensor:
 
 
 def ridge(w: Tensor, tau: float | Tensor) -> Tensor:
-    """Prox of τ/2‖x‖²: w / (1 + τ)."""
-    return w / (1 + tau)
+    """Prox of τ/2‖x‖²: w / (1 + τ), computed as w · (1 / (1 + τ)) in w's dtype
+    (the kernels take the division once for a uniform τ)."""
+    tau = torch.as_tensor(tau, dtype=w.dtype, device=w.device)
+    return w * (1 / (1 + tau))
 
 
 def project_bounds(w: Tensor, lo: float, hi: float) -> Tensor:
@@ -136,7 +138,7 @@ def _adam(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: b
     if h.amsgrad:
         torch.maximum(s[2], exp_avg_sq, out=s[2])
         v_hat = s[2]
-    denom = v_hat.sqrt() / bias_correction2**0.5 + h.eps
+    denom = v_hat.sqrt() * (1 / bias_correction2**0.5) + h.eps  # torch divides: this is its reciprocal, once
     if h.weight_decay != 0 and h.decoupled_weight_decay:
         w.mul_(1 - h.lr * h.weight_decay)
     w.addcdiv_(exp_avg, denom, value=-step_size)
