@@ -65,6 +65,7 @@ class OptimInfo:
     adaptive_ok: bool
     error_inputs: tuple[ErrorInput, ...]
     defaults: dict = field(default_factory=dict)  # merged under every config
+    extensions: frozenset = frozenset()  # arguments proxopt adds where torch has none (besides the regularizers)
 
     def full_kwargs(self, config: Config, **extra: Any) -> dict:
         return {**copy.deepcopy(self.defaults), **config.kwargs(), **extra}
@@ -196,7 +197,70 @@ ADAMW_INFO = OptimInfo(
     error_inputs=_ADAM_ERRORS,
 )
 
-OPTIMS: tuple[OptimInfo, ...] = (SGD_INFO, ADAM_INFO, ADAMW_INFO)
+def _adagrad_keys(kw: dict) -> tuple[str, ...]:
+    return ("step", "sum")
+
+
+def _rmsprop_keys(kw: dict) -> tuple[str, ...]:
+    keys = ("step", "square_avg")
+    if kw.get("momentum", 0) > 0:
+        keys += ("momentum_buffer",)
+    if kw.get("centered"):
+        keys += ("grad_avg",)
+    return keys
+
+
+ADAGRAD_INFO = OptimInfo(
+    name="Adagrad",
+    cls=proxopt.Adagrad,
+    torch_cls=torch.optim.Adagrad,
+    defaults=dict(lr=0.05),
+    configs=(
+        Config("plain"),
+        Config("lr_decay_weight_decay_accumulator",
+               dict(lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.2, eps=1e-8)),
+        Config("maximize", dict(maximize=True, lr_decay=0.001)),
+        Config("tensor_lr", dict(lr=torch.tensor(0.05))),
+    ),
+    state_keys=_adagrad_keys,
+    adaptive_ok=True,
+    error_inputs=_COMMON_ERRORS + (
+        ErrorInput("negative_lr_decay", dict(lr_decay=-0.1), ValueError, r"Invalid lr_decay value: -0\.1"),
+        ErrorInput("negative_weight_decay", dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0\.1"),
+        ErrorInput("negative_accumulator", dict(initial_accumulator_value=-1.0), ValueError,
+                   r"Invalid initial_accumulator_value value: -1\.0"),
+        ErrorInput("negative_eps", dict(eps=-1e-8), ValueError, r"Invalid epsilon value: -1e-08"),
+        ErrorInput("differentiable", dict(differentiable=True), NotImplementedError, r"differentiable"),
+    ),
+)
+
+RMSPROP_INFO = OptimInfo(
+    name="RMSprop",
+    cls=proxopt.RMSprop,
+    torch_cls=torch.optim.RMSprop,
+    defaults=dict(lr=0.01),
+    configs=(
+        Config("plain"),
+        Config("momentum_weight_decay", dict(alpha=0.9, momentum=0.8, weight_decay=0.05)),
+        Config("centered", dict(centered=True, eps=1e-6)),
+        Config("centered_momentum_maximize", dict(centered=True, momentum=0.5, maximize=True)),
+        Config("tensor_lr", dict(lr=torch.tensor(0.01), momentum=0.3)),
+    ),
+    state_keys=_rmsprop_keys,
+    extensions=frozenset({"fused"}),  # fused=False: the reference path (torch's RMSprop has no fused)
+    adaptive_ok=True,
+    error_inputs=_COMMON_ERRORS + (
+        ErrorInput("negative_alpha", dict(alpha=-0.1), ValueError, r"Invalid alpha value: -0\.1"),
+        ErrorInput("negative_momentum", dict(momentum=-0.1), ValueError, r"Invalid momentum value: -0\.1"),
+        ErrorInput("negative_weight_decay", dict(weight_decay=-0.1), ValueError, r"Invalid weight_decay value: -0\.1"),
+        ErrorInput("negative_eps", dict(eps=-1e-8), ValueError, r"Invalid epsilon value: -1e-08"),
+        ErrorInput("capturable_on_cpu", dict(capturable=True), ValueError,
+                   r"capturable=True needs every parameter of its param group on a CUDA device"),
+        ErrorInput("differentiable", dict(differentiable=True), NotImplementedError, r"differentiable"),
+    ),
+)
+
+OPTIMS: tuple[OptimInfo, ...] = (SGD_INFO, ADAM_INFO, ADAMW_INFO, ADAGRAD_INFO, RMSPROP_INFO)
 
 # Every regularizer at a nonzero strength (weights are ~N(0, 1), lr ~1e-2).
 PROX_CONFIGS: tuple[Config, ...] = (
@@ -212,6 +276,20 @@ PROX_CONFIGS: tuple[Config, ...] = (
     Config("adaptive_elastic_net_bounds", dict(l1=0.3, l2=2.0, bounds=(-0.5, 0.5), prox_metric="adaptive")),
     Config("adaptive_l0", dict(l0=0.8, prox_metric="adaptive")),
 )
+
+
+# The group regularizers (tensors of 2 or more dimensions only), along rows and other dims.
+GROUP_CONFIGS: tuple[Config, ...] = (
+    Config("group_lasso_rows", dict(group_lasso=0.05)),
+    Config("group_lasso_cols", dict(group_lasso=0.05, group_dim=1)),
+    Config("group_lasso_last_dim", dict(group_lasso=0.05, group_dim=-1)),
+    Config("sparse_group_lasso", dict(l1=0.3, group_lasso=0.05)),
+    Config("sparse_group_lasso_cols_l2", dict(l1=0.3, l2=1.0, group_lasso=0.05, group_dim=1)),
+    Config("max_norm_rows", dict(max_norm=0.8)),
+    Config("max_norm_cols_bounds", dict(max_norm=0.8, max_norm_dim=1, bounds=(-0.3, 0.4))),
+    Config("group_lasso_max_norm", dict(group_lasso=0.02, max_norm=1.5, l0=0.5)),
+)
+GROUP_SHAPES = [(7, 13), (1, 257), (40, 3), (3, 5, 7), (0, 4), (70, 1000), (2, 70000)]  # (2, 70000): rows past a block
 
 
 def prox_configs(info: OptimInfo) -> tuple[Config, ...]:

@@ -1,10 +1,9 @@
-"""The full optimizer and regularizer set: Adagrad and RMSprop against torch,
-group lasso and max-norm, the adaptive metric, 16-bit floats, the param-group
-helper and the sparsity report."""
+"""Group lasso and max-norm, the adaptive metric, 16-bit floats, the param-group
+helper and the sparsity report. (Adagrad and RMSprop against torch run with the
+other optimizers from optim_db's table: test_torch_parity.py.)"""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -14,76 +13,7 @@ from torch import nn
 import proxopt
 from proxopt import reference
 
-TORCH_PAIRS = {
-    "Adagrad": [
-        dict(lr=0.1),
-        dict(lr=0.05, lr_decay=0.01, weight_decay=0.1, initial_accumulator_value=0.2, eps=1e-8),
-        dict(lr=0.05, maximize=True, lr_decay=0.001),
-    ],
-    "RMSprop": [
-        dict(lr=0.01),
-        dict(lr=0.01, alpha=0.9, momentum=0.8, weight_decay=0.05),
-        dict(lr=0.01, centered=True, eps=1e-6),
-        dict(lr=0.01, centered=True, momentum=0.5, maximize=True),
-    ],
-}
-CASES = [(name, kw) for name, kws in TORCH_PAIRS.items() for kw in kws]
-SHAPES = [(7, 13), (300,), (), (2, 3, 5), (0,), (1, 257)]
-
-
-def _twins(dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    base = [torch.randn(s, generator=g, dtype=dtype) for s in SHAPES]
-    return [b.clone().requires_grad_() for b in base], [b.clone().requires_grad_() for b in base], g
-
-
-def _feed(a, b, g, dtype):
-    for x, y in zip(a, b):
-        grad = torch.randn(x.shape, generator=g, dtype=dtype)
-        x.grad, y.grad = grad.clone(), grad.clone()
-
-
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-13)}
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("name,kw", CASES)
-def test_trajectory_matches_torch(name, kw, dtype):
-    a, b, g = _twins(dtype)
-    ot, op = getattr(torch.optim, name)(a, **kw), getattr(proxopt, name)(b, **kw)
-    for _ in range(25):
-        _feed(a, b, g, dtype)
-        ot.step()
-        op.step()
-    for x, y in zip(a, b):
-        torch.testing.assert_close(y, x, **TOL[dtype])
-    for x, y in zip(a, b):
-        st, sp = ot.state[x], op.state[y]
-        assert set(st) == set(sp)
-        for key in st:
-            torch.testing.assert_close(sp[key], st[key], **TOL[dtype])
-
-
-@pytest.mark.parametrize("name,kw", CASES)
-def test_state_dict_moves_both_ways(name, kw):
-    dtype = torch.float64
-    for first, second in ((torch.optim, proxopt), (proxopt, torch.optim)):
-        a, b, g = _twins(dtype, seed=3)
-        o1 = getattr(first, name)(a, **kw)
-        for _ in range(5):
-            _feed(a, b, g, dtype)
-            o1.step()
-        with torch.no_grad():
-            for x, y in zip(a, b):
-                y.copy_(x)
-        o2 = getattr(second, name)(b, **kw)
-        o2.load_state_dict(copy.deepcopy(o1.state_dict()))
-        for _ in range(5):
-            _feed(a, b, g, dtype)
-            o1.step()
-            o2.step()
-        for x, y in zip(a, b):
-            torch.testing.assert_close(y, x, **TOL[dtype])
+from optim_db import TOL  # noqa: E402  (the one tolerance table)
 
 
 def _matrix_run(cls, steps=6, dtype=torch.float32, fused=None, seed=1, shape=(12, 9), **kw):

@@ -201,15 +201,16 @@ def test_state_tensor_replaced(info) -> None:
     wrong result, not as a crash. (Rebinding a state tensor's ``.data`` is not seen: see
     docs/STATE.md.)"""
     p, o_p, q, o_q = _twin(info, torch.randn(50))
+    key = next(k for k in o_p.state[p] if k != "step")
     new = torch.full((50,), 0.25)
-    old_p = o_p.state[p]["exp_avg"]
-    o_p.state[p]["exp_avg"] = new.clone()
-    o_q.state[q]["exp_avg"] = new.clone()
+    old_p = o_p.state[p][key]
+    o_p.state[p][key] = new.clone()
+    o_q.state[q][key] = new.clone()
     g = torch.randn(50)
     p.grad, q.grad = g.clone(), g.clone()
     old_before = old_p.clone()
     o_p.step()
     o_q.step()
-    torch.testing.assert_close(o_p.state[p]["exp_avg"], o_q.state[q]["exp_avg"], **TOL[torch.float32])
+    torch.testing.assert_close(o_p.state[p][key], o_q.state[q][key], **TOL[torch.float32])
     torch.testing.assert_close(p, q, **TOL[torch.float32])
     assert torch.equal(old_p, old_before), "the step wrote into memory the state no longer owns"

@@ -22,9 +22,12 @@ from optim_db import ADAM_INFO, ADAMW_INFO, OPTIMS, SGD_INFO, TOL, assert_close_
 FUSED = pytest.mark.parametrize("fused", [None, False], ids=["kernel", "reference"])
 
 
-def _lr(kwargs: dict) -> float:
+def _lr(kwargs: dict, step: int = 4) -> float:
+    """The lr the proxes of step ``step`` scale with (Adagrad's decayed one; _pair's
+    regularized step is the 4th)."""
     lr = kwargs["lr"]
-    return float(lr) if torch.is_tensor(lr) else lr
+    lr = float(lr) if torch.is_tensor(lr) else lr
+    return lr / (1 + (step - 1) * kwargs.get("lr_decay", 0.0))
 
 
 def _pair(info, cfg, fused, *, shape=(40, 25), warmup=3, seed=0, dtype=torch.float32, **reg_b):

@@ -119,12 +119,12 @@ def test_trajectory_matches_torch(info, cfg: Config, dtype, fused) -> None:
     # the rare parameter missed steps: its step counter is behind the others'
     if "step" in keys:
         assert float(opt_prox.state[p_prox[-1]]["step"]) < float(opt_prox.state[p_prox[0]]["step"]) == STEPS
-    _assert_state_dict_structure(opt_prox.state_dict(), opt_torch.state_dict())
+    _assert_state_dict_structure(opt_prox.state_dict(), opt_torch.state_dict(), info.extensions)
     # the parameters moved (a no-op optimizer would pass the comparison with itself only if torch did nothing)
     assert not torch.equal(p_prox[0].detach(), _model(dtype)[0].weight.detach())
 
 
-def _assert_state_dict_structure(sd_prox: dict, sd_torch: dict) -> None:
+def _assert_state_dict_structure(sd_prox: dict, sd_torch: dict, extensions: frozenset = frozenset()) -> None:
     assert set(sd_prox) == set(sd_torch) == {"state", "param_groups"}
     # (empty per-param entries are checked by test_sgd_without_momentum_keeps_no_state)
     assert {k for k, v in sd_prox["state"].items() if v} == set(sd_torch["state"])
@@ -137,7 +137,7 @@ def _assert_state_dict_structure(sd_prox: dict, sd_torch: dict) -> None:
                 assert (sp[key].dtype, sp[key].shape, sp[key].device) == (value.dtype, value.shape, value.device), key
     assert len(sd_prox["param_groups"]) == len(sd_torch["param_groups"])
     for gp, gt in zip(sd_prox["param_groups"], sd_torch["param_groups"]):
-        assert set(gp) - set(gt) == REG_KEYS, f"extra group keys {sorted(set(gp) - set(gt))}"
+        assert set(gp) - set(gt) == REG_KEYS | extensions, f"extra group keys {sorted(set(gp) - set(gt))}"
         assert set(gt) <= set(gp), f"missing group keys {sorted(set(gt) - set(gp))}"
         for key in gt:
             a, b = gp[key], gt[key]
@@ -289,8 +289,8 @@ def test_signature_is_torchs_plus_regularizers(info) -> None:
         if name != "params":
             assert sig_p[name].default == par.default, f"{name}: {sig_p[name].default!r} vs torch {par.default!r}"
     extra = set(sig_p) - set(sig_t)
-    assert extra == REG_KEYS, sorted(extra)
-    for name in extra:
+    assert extra == REG_KEYS | info.extensions, sorted(extra)
+    for name in extra - info.extensions:
         assert sig_p[name].kind == inspect.Parameter.KEYWORD_ONLY
         assert sig_p[name].default == REGULARIZER_DEFAULTS[name], name
     assert [n for n in sig_p if sig_p[n].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD] == [
@@ -302,7 +302,7 @@ def test_signature_is_torchs_plus_regularizers(info) -> None:
 def test_defaults_match_torch(info) -> None:
     p = torch.zeros(2, requires_grad=True)
     d_t, d_p = info.torch_cls([p]).defaults, info.cls([p]).defaults
-    assert {k: v for k, v in d_p.items() if k not in REG_KEYS} == d_t
+    assert {k: v for k, v in d_p.items() if k not in REG_KEYS | info.extensions} == d_t
     assert {k: d_p[k] for k in REG_KEYS} == REGULARIZER_DEFAULTS
     assert {k: d_p[k] for k in ("l1", "l2", "l0", "bounds", "prox_metric")} == {
         "l1": 0.0, "l2": 0.0, "l0": 0.0, "bounds": None, "prox_metric": "euclidean"}

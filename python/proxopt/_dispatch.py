@@ -212,12 +212,36 @@ def _wrap_like(view: Tensor, owner: Tensor) -> Tensor:
                               shape=owner.shape, stride=owner.stride())
 
 
+def _check_state(opt: ProxOptimizer, group: dict, i: int, p: Tensor, st: dict, keys: tuple[str, ...]) -> None:
+    """An existing state of parameter i (local shape of p) fits it, before anything is built from it."""
+    for key in keys:
+        if key in st:
+            src = local_tensor(st[key]) if torch.is_tensor(st[key]) else st[key]
+            if not torch.is_tensor(src) or src.shape != p.shape:
+                shape = tuple(src.shape) if torch.is_tensor(src) else type(src).__name__
+                raise ValueError(
+                    f"{opt._label(group, i)}: its state {key!r} has shape {shape}, the parameter "
+                    f"{tuple(p.shape)}: was the parameter or its state replaced? Load a state_dict "
+                    "saved for these parameters"
+                )
+    if opt._has_step and "step" in st:
+        step = st["step"]
+        if not (isinstance(step, (int, float)) or (torch.is_tensor(step) and step.numel() == 1)):
+            raise ValueError(f"{opt._label(group, i)}: its state 'step' must be a number or a 1-element tensor, "
+                             f"got {step!r}")
+
+
 def _build_bucket(opt: ProxOptimizer, gi: int, group: dict, members: list[int], keys: tuple[str, ...],
-                  created: list[Tensor]) -> Bucket:
-    """Allocate a bucket's flat state, fill it from the parameters' existing
-    state (or the rule's initial values) and make the state entries views of it."""
+                  register: list) -> Bucket:
+    """Allocate a bucket's flat state and fill it from the parameters' existing
+    state (or the rule's initial values). The state entries become views of it
+    only when every bucket was built (``register``), so a plan that fails to
+    build changes nothing."""
     params = group["params"]
     locals_ = [local_tensor(params[i]) for i in members]
+    existing = [opt.state.get(params[i]) or {} for i in members]
+    for p, st, i in zip(locals_, existing, members):
+        _check_state(opt, group, i, p, st, keys)
     columns, n_cols = [], 0
     for p in locals_:
         columns.append(n_cols)
@@ -226,43 +250,26 @@ def _build_bucket(opt: ProxOptimizer, gi: int, group: dict, members: list[int], 
     device = locals_[0].device
     dtype = _REAL.get(locals_[0].dtype, locals_[0].dtype)
     state = torch.empty((len(keys), n_cols), dtype=dtype, device=device)
-    existing = [opt.state.get(params[i]) or {} for i in members]
     step_dtype = _step_dtype([st["step"] for st in existing if torch.is_tensor(st.get("step"))])
     steps_device = torch.device("cpu") if device.type == "cpu" else device
-    counts = []
     for row, key in enumerate(keys):
         init = opt._initial_state(key, group)
-        for p, col, st, i in zip(locals_, columns, existing, members):
+        for p, col, st in zip(locals_, columns, existing):
             view = _view(state[row], col, p)
             if key in st:
-                src = local_tensor(st[key]) if torch.is_tensor(st[key]) else st[key]
-                if not torch.is_tensor(src) or src.shape != p.shape:
-                    shape = tuple(src.shape) if torch.is_tensor(src) else type(src).__name__
-                    raise ValueError(
-                        f"{opt._label(group, i)}: its state {key!r} has shape {shape}, the parameter "
-                        f"{tuple(p.shape)}: was the parameter or its state replaced? Load a state_dict "
-                        "saved for these parameters"
-                    )
-                view.copy_(src)
+                view.copy_(local_tensor(st[key]))
             else:
                 view.fill_(init)
-    for st in existing:
-        if opt._has_step:
-            counts.append(float(st["step"]) if "step" in st else 0.0)
-        else:  # SGD keeps no counter in its state: 0 marks a momentum buffer that has no value yet
-            counts.append(1.0 if "momentum_buffer" in st else 0.0)
+    if opt._has_step:
+        counts = [float(st["step"]) if "step" in st else 0.0 for st in existing]
+    else:  # SGD keeps no counter in its state: 0 marks a momentum buffer that has no value yet
+        counts = [1.0 if "momentum_buffer" in st else 0.0 for st in existing]
     steps = torch.tensor(counts, dtype=step_dtype, device=steps_device)
-    for j, (p, col, i) in enumerate(zip(locals_, columns, members)):
-        owner = params[i]
-        if not keys and not opt._has_step:
-            continue  # SGD without momentum keeps no state, as torch
-        if owner not in opt.state:
-            created.append(owner)
-        st = opt.state[owner]
-        if opt._has_step:  # first, as torch.optim orders a fresh state
-            st["step"] = steps[j]
-        for row, key in enumerate(keys):
-            st[key] = _wrap_like(_view(state[row], col, p), owner)
+    if keys or opt._has_step:  # (SGD without momentum keeps no state, as torch)
+        for j, (p, col, i) in enumerate(zip(locals_, columns, members)):
+            views = {"step": steps[j]} if opt._has_step else {}  # first, as torch.optim orders a fresh state
+            views.update({key: _wrap_like(_view(state[row], col, p), params[i]) for row, key in enumerate(keys)})
+            register.append((params[i], views))
     return Bucket(gi, members, keys, columns, state, steps)
 
 
@@ -271,7 +278,7 @@ def build_plan(opt: ProxOptimizer) -> Plan:
     calls: dict[torch.device, list[Bucket]] = {}
     slow: list[tuple[int, int]] = []
     outside: list[Tensor] = []
-    created: list[Tensor] = []
+    register: list[tuple[Tensor, dict]] = []
     for gi, group in enumerate(opt.param_groups):
         keys = opt._state_keys(group)
         use_kernel = group.get("fused") is not False and _native.C is not None
@@ -287,7 +294,13 @@ def build_plan(opt: ProxOptimizer) -> Plan:
             else:
                 members.setdefault((local.device, local.dtype), []).append(i)
         for (device, _), idx in members.items():
-            calls.setdefault(device, []).append(_build_bucket(opt, gi, group, idx, keys, created))
+            calls.setdefault(device, []).append(_build_bucket(opt, gi, group, idx, keys, register))
+    # Every bucket was built: now the state entries become views of the buckets.
+    created: list[Tensor] = []
+    for owner, views in register:
+        if owner not in opt.state:
+            created.append(owner)
+        opt.state[owner].update(views)
     device_calls = []
     for device, buckets in calls.items():
         owners, params, where, starts, columns = [], [], [], [0], []

@@ -275,6 +275,13 @@ class ProxOptimizer(Optimizer):
                             f"state_dict entry {key!r} of parameter {pid} has shape {shape}, "
                             f"its parameter {tuple(p.shape)}"
                         )
+                if "step" in st:
+                    t = st["step"]
+                    if not (isinstance(t, (int, float)) or (torch.is_tensor(t) and t.numel() == 1)):
+                        raise ValueError(
+                            f"state_dict entry 'step' of parameter {pid} must be a number or a 1-element "
+                            f"tensor (torch keeps a 0-dim one), got {tuple(t.shape) if torch.is_tensor(t) else t!r}"
+                        )
 
     # ---- the step ------------------------------------------------------------
 

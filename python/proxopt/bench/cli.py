@@ -15,13 +15,18 @@ from . import machine, paramsets, progress, report
 from .run import Budget, Config, run_group
 from .specs import DEFAULT_REGULARIZERS, OPTIMIZERS, REGULARIZERS, proxopt_accepts
 
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# The default run: 2.5 minutes on an idle 2-core CPU, at most ~5 on a busy one (repeats fit `budget`).
+# The default run: about 5 minutes on a 2-core CPU (repeats fit `budget`), at one thread and at all.
 DEFAULTS = dict(optimizer="adamw,sgd", reg=",".join(DEFAULT_REGULARIZERS), params="conformer,kws,small,large",
-                warmup=2, min_sample_ms=20.0, budget=240.0)
+                warmup=2, min_sample_ms=20.0, budget=300.0, threads=",".join(map(str, sorted({1, _cpus()}))))
 # --quick (the smoke test): a few seconds.
-QUICK = dict(optimizer="adamw", reg="l1", params="tiny", repeats=3, warmup=1, min_sample_ms=2.0, budget=0.0)
+QUICK = dict(optimizer="adamw", reg="l1", params="tiny", repeats=3, warmup=1, min_sample_ms=2.0, budget=0.0,
+             threads=str(torch.get_num_threads()))
 MIN_REPEATS, MAX_REPEATS = 5, 15
 
 
@@ -43,7 +48,11 @@ def _parser() -> argparse.ArgumentParser:
              "(alone unless --params is given too)")
     add("--dtype", choices=list(DTYPES), default="float32")
     add("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    add("--threads", type=int, help="torch.set_num_threads (proxopt's kernels follow it); default: torch's")
+    add("--threads", help="comma list of thread counts, each run in turn (torch.set_num_threads; proxopt's "
+                          f"kernels follow it), e.g. 1,2 (default {DEFAULTS['threads']})")
+    add("--compiled", action="store_true",
+        help="also time the compiled steps (torch.compile) of proxopt (fullgraph) and torch.optim; "
+             "compilation is part of the warmup and takes a while")
     add("--repeats", type=int, help=f"interleaved samples per variant (default: as many as fit in --budget, "
                                    f"{MIN_REPEATS} to {MAX_REPEATS})")
     add("--budget", type=float, metavar="SECONDS",
@@ -96,8 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("proxopt-bench: --device cuda but torch.cuda.is_available() is False")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    try:
+        thread_counts = [int(t) for t in args.threads.split(",")]
+    except ValueError:
+        raise SystemExit(f"proxopt-bench: --threads takes a comma list of integers, not {args.threads!r}") from None
+    if any(t < 1 for t in thread_counts):
+        raise SystemExit("proxopt-bench: --threads must be >= 1")
 
     opt_keys = _choose(args.optimizer, OPTIMIZERS, "optimizer")
     reg_keys = ["none"] + [r for r in _choose(args.reg, [r for r in REGULARIZERS if r != "none"], "regularizer")]
@@ -109,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("proxopt-bench: no parameter set selected (--params and/or --model)")
     budget = Budget(args.budget, max(1, args.repeats) if args.repeats else None, MIN_REPEATS, MAX_REPEATS)
     cfg = Config(budget=budget, warmup=max(0, args.warmup), min_sample_s=args.min_sample_ms / 1e3,
-                 device=args.device, dtype=DTYPES[args.dtype], seed=args.seed, memory=not args.no_memory)
+                 device=args.device, dtype=DTYPES[args.dtype], seed=args.seed, memory=not args.no_memory,
+                 compiled=args.compiled)
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = args.json or os.path.join("bench_results", f"proxopt-bench-{stamp}.json")
@@ -117,12 +131,14 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before = machine.load_average()
     t0 = time.perf_counter()
-    groups = [(s, k) for s in sets for k in opt_keys]
+    groups = [(t, s, k) for t in thread_counts for s in sets for k in opt_keys]
     bar = progress.make(len(groups) * (budget.most + 2), enabled=not args.no_progress)
     results = []
     try:
-        for i, (s, k) in enumerate(groups):
+        for i, (t, s, k) in enumerate(groups):
             budget.groups_left = len(groups) - i
+            torch.set_num_threads(t)
+            cfg.threads = t
             results.append(run_group(s, k, OPTIMIZERS[k], [REGULARIZERS[r] for r in reg_keys], cfg, bar))
     finally:
         bar.close()
@@ -133,10 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         "elapsed_s": time.perf_counter() - t0,
         "machine": {**machine.info(args.device), "load_average_before": load_before},
         "config": {"optimizers": opt_keys, "regularizers": reg_keys, "param_sets": [s.name for s in sets],
-                   "dtype": args.dtype, "device": args.device, "repeats": args.repeats, "budget_s": args.budget,
-                   "warmup": cfg.warmup,                   "min_sample_ms": args.min_sample_ms, "seed": args.seed},
+                   "dtype": args.dtype, "device": args.device, "threads": thread_counts, "compiled": args.compiled,
+                   "repeats": args.repeats, "budget_s": args.budget,
+                   "warmup": cfg.warmup, "min_sample_ms": args.min_sample_ms, "seed": args.seed},
         "groups": results,
     }
+    report.mark_reliability(doc)
     print(report.table(doc))
     report.write_json(doc, json_path)
     print(f"\nresults: {json_path}")

@@ -65,17 +65,18 @@ def interleaved(
     items: list[Timed],
     k: dict[str, int],
     sync: Callable[[], None],
-    more: Callable[[int, list[float]], bool],
+    more: Callable[[int, list[float], dict[str, list[float]]], bool],
 ) -> dict[str, list[float]]:
     """Seconds per step, one sample (of k[name] steps) per repeat per item,
-    round-robin; repeats go on while ``more(repeats done, their durations)``."""
+    round-robin; repeats go on while ``more(repeats done, their durations,
+    the samples so far)``."""
     samples: dict[str, list[float]] = {t.name: [] for t in items}
     durations: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
     try:
-        while more(len(durations), durations):
+        while more(len(durations), durations, samples):
             t0 = time.perf_counter()
             shift = len(durations) % len(items)
             for t in items[shift:] + items[:shift]:

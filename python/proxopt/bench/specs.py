@@ -60,6 +60,7 @@ REGULARIZERS = {
     "l0": RegularizerSpec("l0", {"l0": 1e-6}),
     "bounds": RegularizerSpec("bounds", {"bounds": (-0.5, 0.5)}),
     "group_lasso": RegularizerSpec("group_lasso", {"group_lasso": 1e-4}),
+    "group_lasso_dim1": RegularizerSpec("group_lasso_dim1", {"group_lasso": 1e-4, "group_dim": 1}),
     "max_norm": RegularizerSpec("max_norm", {"max_norm": 1.0}),
 }
 

@@ -62,6 +62,7 @@ class VariantBuilder:
         self.opt, self.master, self.device, self.dtype = opt, master, device, dtype
         self.variants: list[Variant] = []
         self.skipped: list[Skipped] = []
+        self.shared = None
         # Baselines step with torch's fastest implementation available here.
         self.torch_impl = {impl: torch_accepts(opt, flags, device, dtype) for impl, flags in TORCH_FLAGS.items()}
         self.best_torch = next((i for i in ("fused", "foreach", "for-loop") if self.torch_impl[i] is None), None)
@@ -83,8 +84,23 @@ class VariantBuilder:
             detail = self._torch_detail(impl)
             self.variants.append(Variant(name, "torch", "none", ref, detail, opt.step))
 
+    def _shared_proxopt(self):
+        """One proxopt optimizer that every regularizer row steps, with its own
+        settings put in its regularized param group first: the rows then time
+        the same tensors, so the cost of a regularizer is not mixed up with
+        where the memory of each row happens to lie (on a shared machine that
+        differs by tens of percent between allocations of the same size)."""
+        if self.shared is None:
+            params = _clone(self.master)
+            rest = [p for p in params if p.dim() < 2]
+            groups = [{"params": regularized(params)}] + ([{"params": rest}] if rest else [])
+            self.shared = self.opt.proxopt_cls(groups, **self.opt.hyper)
+        return self.shared
+
     def add_proxopt(self, reg: RegularizerSpec, metric: str, ref: str | None) -> str | None:
         """Add proxopt with this regularizer; return its name, or None if proxopt can't."""
+        from proxopt.regularizers import REGULARIZER_DEFAULTS
+
         kwargs = dict(reg.kwargs)
         if metric == "adaptive":
             kwargs["prox_metric"] = "adaptive"
@@ -94,14 +110,38 @@ class VariantBuilder:
         if why:
             self.skipped.append(Skipped(name, why))
             return None
-        params = _clone(self.master)
-        if kwargs:
-            rest = [p for p in params if p.dim() < 2]
-            params = [{"params": regularized(params), **kwargs}] + ([{"params": rest}] if rest else [])
-        opt = self.opt.proxopt_cls(params, **self.opt.hyper)
+        opt = self._shared_proxopt()
+        settings = {**REGULARIZER_DEFAULTS, **kwargs}
+
+        def step(opt=opt, settings=settings) -> None:
+            opt.param_groups[0].update(settings)
+            opt.step()
+
         detail = f"proxopt.{self.opt.name}({_fmt(kwargs)})" if kwargs else f"proxopt.{self.opt.name}()"
-        self.variants.append(Variant(name, "proxopt", reg.name, ref, detail, opt.step))
+        self.variants.append(Variant(name, "proxopt", reg.name, ref, detail, step))
         return name
+
+    def add_compiled(self, ref: str) -> None:
+        """The compiled step of proxopt (``torch.compile(fullgraph=True)``) and of
+        torch.optim (its compiled-optimizer recipe: a tensor lr, for-loop
+        implementation, inductor), each on its own tensors; compile time is
+        spent in the warmup."""
+        lr = torch.tensor(float(self.opt.hyper["lr"]), device=self.device)
+        hyper = {**self.opt.hyper, "lr": lr}
+        params = _clone(self.master)
+        opt = self.opt.proxopt_cls(params, **hyper)
+        try:
+            step = torch.compile(opt.step, fullgraph=True)
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal
+            self.skipped.append(Skipped("proxopt compiled", f"{type(exc).__name__}: {exc}"))
+        else:
+            self.variants.append(Variant("proxopt compiled", "proxopt", "none", ref,
+                                         f"torch.compile(proxopt.{self.opt.name}(lr=tensor).step, fullgraph=True)", step))
+        params = _clone(self.master)
+        t_opt = self.opt.torch_cls(params, **hyper, foreach=False)
+        self.variants.append(Variant("torch compiled", "torch", "none", ref,
+                                     f"torch.compile(torch.optim.{self.opt.name}(lr=tensor, foreach=False).step)",
+                                     torch.compile(t_opt.step)))
 
     def add_penalty(self, reg: RegularizerSpec, ref: str) -> None:
         penalty = baselines.penalty_fn(reg.name, reg.kwargs)
@@ -139,9 +179,10 @@ class VariantBuilder:
 
 
 def build(opt: OptimizerSpec, regs: list[RegularizerSpec], master, device: str,
-          dtype: torch.dtype) -> tuple[list[Variant], list[Skipped]]:
+          dtype: torch.dtype, compiled: bool = False) -> tuple[list[Variant], list[Skipped]]:
     """All variants for one optimizer. The first proxopt row of each
-    regularizer (euclidean metric) is that section's reference; "none" comes first."""
+    regularizer (euclidean metric) is that section's reference; "none" comes
+    first. ``compiled`` adds the compiled steps of proxopt and torch.optim."""
     b = VariantBuilder(opt, master, device, dtype)
     for reg in regs:
         if reg.name != "none" and not regularized(master[0]):
@@ -152,6 +193,8 @@ def build(opt: OptimizerSpec, regs: list[RegularizerSpec], master, device: str,
             continue  # nothing to compare the baselines against
         if reg.name == "none":
             b.add_plain_torch(ref)
+            if compiled:
+                b.add_compiled(ref)
             continue
         if reg.metric_matters:
             b.add_proxopt(reg, "adaptive", ref)
