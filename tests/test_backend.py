@@ -209,15 +209,24 @@ def test_thread_pool_works_after_fork() -> None:
     assert proc.stdout.strip().splitlines()[-1] == "0"
 
 
-def test_threaded_and_single_threaded_calls_agree() -> None:
-    """Chunks split across threads give exactly the single-threaded result (elementwise kernel)."""
+@pytest.mark.parametrize(
+    "shape, reg",
+    [
+        ((3 * 32768 + 5,), dict(l1=0.5)),  # elementwise chunks
+        ((300, 4100), dict(group_lasso=0.05, group_dim=0)),  # rows: blocks of whole groups
+        ((300, 4100), dict(group_lasso=0.05, max_norm=2.0, group_dim=1, max_norm_dim=1)),  # columns: panels, narrower on more threads
+    ],
+    ids=["elementwise", "group_rows", "group_column_panels"],
+)
+def test_threaded_and_single_threaded_calls_agree(shape, reg) -> None:
+    """Chunks split across threads give exactly the single-threaded result."""
     gen = torch.Generator().manual_seed(0)
-    w = torch.randn(3 * 32768 + 5, generator=gen)
+    w = torch.randn(shape, generator=gen)
     grads = [torch.randn(w.shape, generator=gen) for _ in range(3)]
     results = []
     for n in (1, KERNEL_THREADS):
         p = w.clone().requires_grad_()
-        opt = proxopt.Adam([p], lr=0.01, l1=0.5, amsgrad=True)
+        opt = proxopt.Adam([p], lr=0.01, amsgrad=True, **reg)
         with torch_threads(n):
             for g in grads:
                 p.grad = g.clone()

@@ -85,18 +85,93 @@ inline void narrow<_Float16>(const float* __restrict src, _Float16* __restrict d
 //   kStore:   stored to the tensor (with the states): a plain step;
 //   kScratch: written to a math-precision buffer, states stored: the group
 //             prox scales and stores them once the group's norm is known;
+//   kScratchSq: kScratch, and the range's sum of squares (the group's norm)
+//             accumulated in the same loop;
+//   kStoreColSq: kStore (32/64-bit only), and each element's square added
+//             to its own sum (element j to sums[j]: one group per element,
+//             the columns of a matrix);
 //   kDry:     written to the buffer, nothing stored (16-bit groups too big
 //             for a scratch are computed twice: norms first, then for real).
-enum class Out { kStore, kScratch, kDry };
+enum class Out { kStore, kScratch, kScratchSq, kStoreColSq, kDry };
 
 // 16-bit storage is widened a tile at a time; the tile stays in L1.
 constexpr int kTile = 256;
+// Sums of squares run over this many independent double lanes (element j to
+// lane j % kLanes, a tail to lane 0): vectorizable without reassociating one
+// chain, the same lanes at every SIMD level (so bit-identical results).
+constexpr int kLanes = 16;
+static_assert(kTile % kLanes == 0, "tiles must keep the lanes aligned");
+
+template <class M>
+inline double lane_total(const double* lane) {
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += lane[l];
+  return s;
+}
+
+// One element j: load it and its states, step, store the states (unless
+// dry); the new weight is returned. A holds the math type or storage that
+// converts to it implicitly (float32/float64 tensors, or a widened tile).
+template <class Rule, unsigned P, bool StoreStates, class M, class A>
+__attribute__((always_inline)) inline M step_at(const A* w, const A* __restrict g, A* __restrict s0,
+                                                A* __restrict s1, A* __restrict s2, int64_t j, const Coeffs<M>& k) {
+  constexpr int S = Rule::kStates;
+  M st[S > 0 ? S : 1];
+  if constexpr (S > 0) st[0] = s0[j];
+  if constexpr (S > 1) st[1] = s1[j];
+  if constexpr (S > 2) st[2] = s2[j];
+  const M nw = step_element<Rule, P>(M(w[j]), M(g[j]), st, k);
+  if constexpr (StoreStates) {
+    if constexpr (S > 0) s0[j] = st[0];
+    if constexpr (S > 1) s1[j] = st[1];
+    if constexpr (S > 2) s2[j] = st[2];
+  }
+  return nw;
+}
+
+// Elements [0, n) of arrays of the math type (a tensor's own memory, or a
+// tile): the new weights go to `dst` (which may be w itself); with kScratchSq
+// their squares go to `lane` (element j to lane j % kLanes), with
+// kStoreColSq to lane[j].
+template <class Rule, unsigned P, Out O, class M>
+__attribute__((always_inline)) inline void step_loop(M* w, const M* __restrict g, M* __restrict s0, M* __restrict s1,
+                                                     M* __restrict s2, int64_t n, const Coeffs<M>& k, M* dst,
+                                                     double* lane) {
+  constexpr bool kStates = O != Out::kDry;
+  if constexpr (O == Out::kScratchSq) {
+    int64_t j = 0;
+    for (; j + kLanes <= n; j += kLanes) {
+#pragma GCC ivdep
+      for (int l = 0; l < kLanes; ++l) {
+        const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j + l, k);
+        dst[j + l] = nw;
+        lane[l] += double(nw) * double(nw);
+      }
+    }
+    for (; j < n; ++j) {
+      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
+      dst[j] = nw;
+      lane[0] += double(nw) * double(nw);
+    }
+  } else if constexpr (O == Out::kStoreColSq) {
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
+      dst[j] = nw;
+      lane[j] += double(nw) * double(nw);
+    }
+  } else {
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) dst[j] = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
+  }
+}
 
 // Steps elements [0, len) of w/g/s (pointers already offset). `out` receives
-// the new weights for kScratch and kDry.
+// the new weights for kScratch, kScratchSq and kDry. Returns the sum of
+// squares of the new weights for kScratchSq (0 otherwise).
 template <class Rule, unsigned P, Out O, class T>
-void step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len,
-                const Coeffs<math_t<T>>& kref, math_t<T>* __restrict out) {
+double step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len,
+                  const Coeffs<math_t<T>>& kref, math_t<T>* __restrict out) {
   using M = math_t<T>;
   constexpr int S = Rule::kStates;
   // A local copy: its fields cannot alias the tensors, so they stay in
@@ -106,26 +181,10 @@ void step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len
   T* __restrict s0 = S > 0 ? s[0] : nullptr;
   T* __restrict s1 = S > 1 ? s[1] : nullptr;
   T* __restrict s2 = S > 2 ? s[2] : nullptr;
+  double lane[kLanes] = {};
   if constexpr (std::is_same_v<T, M>) {
     // float32/float64: the loop reads and writes the tensors themselves.
-#pragma GCC ivdep
-    for (int64_t j = 0; j < len; ++j) {
-      M st[S > 0 ? S : 1];
-      if constexpr (S > 0) st[0] = s0[j];
-      if constexpr (S > 1) st[1] = s1[j];
-      if constexpr (S > 2) st[2] = s2[j];
-      const M nw = step_element<Rule, P>(w[j], g[j], st, k);
-      if constexpr (O != Out::kDry) {
-        if constexpr (S > 0) s0[j] = st[0];
-        if constexpr (S > 1) s1[j] = st[1];
-        if constexpr (S > 2) s2[j] = st[2];
-      }
-      if constexpr (O == Out::kStore) {
-        w[j] = nw;
-      } else {
-        out[j] = nw;
-      }
-    }
+    step_loop<Rule, P, O>(w, g, s0, s1, s2, len, k, O == Out::kStore ? w : out, lane);
   } else {
     // 16-bit: widen a tile of every array, step it, narrow what is stored.
     alignas(64) M tw[kTile], tg[kTile], ts[S > 0 ? S : 1][kTile];
@@ -136,18 +195,8 @@ void step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len
       if constexpr (S > 0) widen(s0 + base, ts[0], n);
       if constexpr (S > 1) widen(s1 + base, ts[1], n);
       if constexpr (S > 2) widen(s2 + base, ts[2], n);
-      M* dst = O == Out::kStore ? tw : out + base;  // may be tw itself: no __restrict
-#pragma GCC ivdep
-      for (int j = 0; j < n; ++j) {
-        M st[S > 0 ? S : 1];
-        if constexpr (S > 0) st[0] = ts[0][j];
-        if constexpr (S > 1) st[1] = ts[1][j];
-        if constexpr (S > 2) st[2] = ts[2][j];
-        dst[j] = step_element<Rule, P>(tw[j], tg[j], st, k);
-        if constexpr (S > 0) ts[0][j] = st[0];
-        if constexpr (S > 1) ts[1][j] = st[1];
-        if constexpr (S > 2) ts[2][j] = st[2];
-      }
+      step_loop<Rule, P, O>(tw, tg, ts[0], S > 1 ? ts[S > 1 ? 1 : 0] : nullptr, S > 2 ? ts[S > 2 ? 2 : 0] : nullptr,
+                            n, k, O == Out::kStore ? tw : out + base, lane);
       if constexpr (O != Out::kDry) {
         if constexpr (S > 0) narrow(ts[0], s0 + base, n);
         if constexpr (S > 1) narrow(ts[1], s1 + base, n);
@@ -156,23 +205,19 @@ void step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len
       if constexpr (O == Out::kStore) narrow(tw, w + base, n);
     }
   }
+  return O == Out::kScratchSq ? lane_total<M>(lane) : 0.0;
 }
 
-// Sum of squares in double over independent lanes, so it vectorizes without
-// reassociating one long chain; the same 16 lanes at every SIMD level, so
-// the result is bit-identical across levels.
+// Sum of squares in double over the lanes (see kLanes).
 template <class M>
 double sum_squares(const M* x, int64_t n) {
-  constexpr int L = 16;
-  double lane[L] = {};
+  double lane[kLanes] = {};
   int64_t j = 0;
-  for (; j + L <= n; j += L) {
-    for (int l = 0; l < L; ++l) lane[l] += double(x[j + l]) * double(x[j + l]);
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] += double(x[j + l]) * double(x[j + l]);
   }
   for (; j < n; ++j) lane[0] += double(x[j]) * double(x[j]);
-  double s = 0;
-  for (int l = 0; l < L; ++l) s += lane[l];
-  return s;
+  return lane_total<M>(lane);
 }
 
 template <class T>
@@ -204,20 +249,22 @@ void run_plain(const TensorTask& t, int64_t begin, int64_t end) {
 
 // ---- group chunks: groups [q0, q1) of a tensor seen as [outer, groups, inner]
 
+// Weights of one run: x scaled by factor f (one per element: f[j], or one
+// for all: f[0] with stride 0), clamped, stored in the storage type.
 template <class T>
-void store_scaled(T* __restrict w, const math_t<T>* __restrict x, int64_t n, math_t<T> f,
-                  const Coeffs<math_t<T>>& kref) {
+void store_scaled(T* __restrict w, const math_t<T>* __restrict x, int64_t n, const math_t<T>* __restrict f,
+                  int64_t f_stride, const Coeffs<math_t<T>>& kref) {
   using M = math_t<T>;
   const Coeffs<M> k = kref;  // see step_range
   if constexpr (std::is_same_v<T, M>) {
 #pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) w[j] = finish_group(x[j], f, k);
+    for (int64_t j = 0; j < n; ++j) w[j] = finish_group(x[j], f[j * f_stride], k);
   } else {
     alignas(64) M tile[kTile];
     for (int64_t b = 0; b < n; b += kTile) {
       const int m = int(std::min<int64_t>(kTile, n - b));
 #pragma GCC ivdep
-      for (int j = 0; j < m; ++j) tile[j] = finish_group(x[b + j], f, k);
+      for (int j = 0; j < m; ++j) tile[j] = finish_group(x[b + j], f[(b + j) * f_stride], k);
       narrow(tile, w + b, m);
     }
   }
@@ -232,29 +279,85 @@ template <class Rule, unsigned P, class T>
 void run_group_block(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<math_t<T>>& k, double tau) {
   using M = math_t<T>;
   const int64_t G = t.groups, I = t.inner, nq = q1 - q0, run = nq * I;
-  thread_local std::vector<M> scratch;
+  thread_local std::vector<M> scratch, factor;
   thread_local std::vector<double> sums;
   scratch.resize(size_t(t.outer * run));
   sums.assign(size_t(nq), 0.0);
   for (int64_t o = 0; o < t.outer; ++o) {
     const auto p = ptrs_at<Rule, T>(t, (o * G + q0) * I);
     M* x = scratch.data() + o * run;
-    step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, run, k, x);
-    if (I == 1) {
-      double* __restrict acc = sums.data();
-#pragma GCC ivdep
-      for (int64_t j = 0; j < nq; ++j) acc[j] += double(x[j]) * double(x[j]);
+    if (I >= kLanes) {  // rows: each group's squares summed in its stepping loop
+      for (int64_t j = 0; j < nq; ++j) {
+        const auto pj = ptrs_at<Rule, T>(t, (o * G + q0 + j) * I);
+        sums[j] += step_range<Rule, P, Out::kScratchSq>(pj.w, pj.g, pj.s, I, k, x + j * I);
+      }
     } else {
-      for (int64_t j = 0; j < nq; ++j) sums[j] += sum_squares(x + j * I, I);
+      step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, run, k, x);
+      if (I == 1) {
+#pragma GCC ivdep
+        for (int64_t j = 0; j < nq; ++j) sums[j] += double(x[j]) * double(x[j]);
+      } else {
+        for (int64_t j = 0; j < nq; ++j) sums[j] += sum_squares(x + j * I, I);
+      }
     }
   }
-  thread_local std::vector<M> factor;
   factor.resize(size_t(nq));
   for (int64_t j = 0; j < nq; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k);
   for (int64_t o = 0; o < t.outer; ++o) {
     T* w = static_cast<T*>(t.w) + (o * G + q0) * I;
     const M* x = scratch.data() + o * run;
-    for (int64_t j = 0; j < nq; ++j) store_scaled(w + j * I, x + j * I, I, factor[j], k);
+    if (I == 1) {
+      store_scaled(w, x, nq, factor.data(), 1, k);
+    } else {
+      for (int64_t j = 0; j < nq; ++j) store_scaled(w + j * I, x + j * I, I, factor.data() + j, 0, k);
+    }
+  }
+}
+
+// Groups [q0, q1) of a tensor with inner 1 and many outer indices (the
+// columns of a tall matrix): every outer index is a run of q1 - q0
+// consecutive elements, one per group, and the runs of a block do not stay
+// in cache together. 32/64-bit: each run is stepped in place while the
+// squares go to their group's sum; a second pass scales what was stored (no
+// rounding between). 16-bit: a dry pass for the sums, then the step for real
+// into a run-long scratch, scaled and stored once.
+template <class Rule, unsigned P, class T>
+void run_column_panel(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<math_t<T>>& kref, double tau) {
+  using M = math_t<T>;
+  const Coeffs<M> k = kref;  // see step_range
+  const int64_t G = t.groups, nq = q1 - q0;
+  thread_local std::vector<M> run, factor;
+  thread_local std::vector<double> sums;
+  run.resize(size_t(nq));
+  sums.assign(size_t(nq), 0.0);
+  constexpr int S = Rule::kStates;
+  for (int64_t o = 0; o < t.outer; ++o) {
+    const auto p = ptrs_at<Rule, T>(t, o * G + q0);
+    if constexpr (std::is_same_v<T, M>) {
+      step_loop<Rule, P, Out::kStoreColSq>(p.w, p.g, p.s[0], S > 1 ? p.s[1] : nullptr, S > 2 ? p.s[2] : nullptr,
+                                           nq, k, p.w, sums.data());
+    } else {
+      step_range<Rule, P, Out::kDry>(p.w, p.g, p.s, nq, k, run.data());
+      double* __restrict sq = sums.data();
+      const M* __restrict x = run.data();
+#pragma GCC ivdep
+      for (int64_t j = 0; j < nq; ++j) sq[j] += double(x[j]) * double(x[j]);
+    }
+  }
+  factor.resize(size_t(nq));
+  for (int64_t j = 0; j < nq; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k);
+  // Last rows first: they are the ones still in cache from the first pass.
+  for (int64_t o = t.outer - 1; o >= 0; --o) {
+    const auto p = ptrs_at<Rule, T>(t, o * G + q0);
+    if constexpr (std::is_same_v<T, M>) {
+      M* __restrict w = p.w;
+      const M* __restrict f = factor.data();
+#pragma GCC ivdep
+      for (int64_t j = 0; j < nq; ++j) w[j] = finish_group(w[j], f[j], k);
+    } else {
+      step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, nq, k, run.data());
+      store_scaled(p.w, run.data(), nq, factor.data(), 1, k);
+    }
   }
 }
 
@@ -297,7 +400,7 @@ void run_big_group(const TensorTask& t, int64_t q, const Coeffs<math_t<T>>& k, d
     for_runs([&](int64_t off, int64_t n) {
       const auto p = ptrs_at<Rule, T>(t, off);
       step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, n, k, tile.data());
-      store_scaled(p.w, tile.data(), n, f, k);
+      store_scaled(p.w, tile.data(), n, &f, 0, k);
     });
   }
 }
@@ -308,7 +411,9 @@ void run_groups(const TensorTask& t, int64_t q0, int64_t q1) {
   const int64_t group_size = t.outer * t.inner;
   // tau = lr * group_lasso * sqrt(|g|), in double, in the reference's order.
   const double tau = t.coeffs->group_lambda * std::sqrt(double(group_size));
-  if (group_size > kBlockElems) {
+  if (column_panels(t.outer, t.inner)) {
+    run_column_panel<Rule, P, T>(t, q0, q1, k, tau);
+  } else if (group_size > kBlockElems) {
     for (int64_t q = q0; q < q1; ++q) run_big_group<Rule, P, T>(t, q, k, tau);
   } else {
     run_group_block<Rule, P, T>(t, q0, q1, k, tau);

@@ -44,10 +44,11 @@ void write_step(void* steps, bool f64, int64_t j, double v) {
 // an atomic chunk counter), AdamW on one 16M tensor with 2 threads: torch's
 // pool 1.18x torch's fused step, our own 0.85-0.92x -- torch's OpenMP
 // threads keep spinning after torch's own ops and took cores from ours.
+int64_t pool_threads() { return g_forked.load() ? 1 : int64_t(torch::stable::get_num_threads()); }
+
 void run_chunks(const std::vector<Chunk>& chunks, const std::vector<TensorTask>& tasks, int64_t total) {
   if (chunks.empty()) return;
-  const int64_t threads =
-      total < cpu::kParallelMinElems || g_forked.load() ? 1 : int64_t(torch::stable::get_num_threads());
+  const int64_t threads = total < cpu::kParallelMinElems ? 1 : pool_threads();
   auto run = [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) chunks[size_t(c)].fn(tasks[size_t(chunks[size_t(c)].task)], chunks[size_t(c)].begin, chunks[size_t(c)].end);
   };
@@ -117,6 +118,7 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
   std::vector<Chunk> chunks;
   tasks.reserve(c.items.size());
   int64_t total = 0;
+  const int64_t threads = pool_threads();  // column panels are split no finer than this
   for (size_t i = 0; i < c.items.size(); ++i) {
     const Item& it = c.items[i];
     if (!it.stepped || it.numel == 0) continue;
@@ -138,7 +140,7 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
     const KernelSet& ks = kernels[size_t(it.bucket)];
     if (ks.groups != nullptr) {
       const int64_t per_group = t.outer * t.inner;
-      const int64_t step = std::max<int64_t>(1, cpu::kBlockElems / std::max<int64_t>(1, per_group));
+      const int64_t step = cpu::groups_per_block(t.outer, t.groups, t.inner, threads);
       for (int64_t q = 0; q < t.groups; q += step) {
         const int64_t q1 = std::min(t.groups, q + step);
         chunks.push_back({ks.groups, task, q, q1, (q1 - q) * per_group});
