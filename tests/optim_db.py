@@ -289,7 +289,8 @@ GROUP_CONFIGS: tuple[Config, ...] = (
     Config("max_norm_cols_bounds", dict(max_norm=0.8, max_norm_dim=1, bounds=(-0.3, 0.4))),
     Config("group_lasso_max_norm", dict(group_lasso=0.02, max_norm=1.5, l0=0.5)),
 )
-GROUP_SHAPES = [(7, 13), (1, 257), (40, 3), (3, 5, 7), (0, 4), (70, 1000), (2, 70000)]  # (2, 70000): rows past a block
+GROUP_SHAPES = [(7, 13), (1, 257), (40, 3), (3, 5, 7), (0, 4), (70, 1000), (2, 70000), (300, 7), (130, 4100)]
+# (2, 70000): rows past a block; (300, 7) and (130, 4100): columns as panels (two panels on two threads)
 
 
 def prox_configs(info: OptimInfo) -> tuple[Config, ...]:
@@ -381,7 +382,12 @@ def assert_nested_equal(a: Any, b: Any, path: str = "") -> None:
         assert a.layout == b.layout, f"{path}: {a.layout} vs {b.layout}"
         if a.is_sparse:
             a, b = a.to_dense(), b.to_dense()
-        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.nan_to_num(), b.nan_to_num())), f"{path} differs"
+        if a.is_floating_point():  # bitwise outside NaN (signed zeros included), NaN where NaN
+            nan = torch.isnan(a)
+            assert torch.equal(nan, torch.isnan(b)), f"{path}: NaN at different elements"
+            assert torch.equal(a[~nan], b[~nan]) and torch.equal(a[~nan].signbit(), b[~nan].signbit()), f"{path} differs"
+        else:
+            assert torch.equal(a, b), f"{path} differs"
     elif isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(map(str, a))} vs {sorted(map(str, b)) if isinstance(b, dict) else b}"
         for k in a:

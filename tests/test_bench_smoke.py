@@ -54,7 +54,10 @@ def test_quick_run_writes_results(tmp_path):
         assert len(v["samples_ms"]) == doc["config"]["repeats"]
         for key in ("median_ms", "gbs", "roofline_fraction", "ratio", "ratio_q1", "ratio_q3"):
             assert _positive(v[key]), (v["name"], key, v[key])
-        assert v["extra_peak_bytes"] is None or v["extra_peak_bytes"] >= 0
+        # measured exactly when the run measures memory, and never negative
+        assert (v["extra_peak_bytes"] is None) == (group["memory_method"] is None), v["name"]
+        if v["extra_peak_bytes"] is not None:
+            assert v["extra_peak_bytes"] >= 0, v["name"]
     assert names["proxopt"]["ratio"] == 1.0
     assert {v["family"] for v in group["variants"]} == {"proxopt", "torch", "loss penalty", "prox pass"}
 

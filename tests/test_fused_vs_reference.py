@@ -165,12 +165,20 @@ def _ill_conditioned(p: torch.Tensor, g: torch.Tensor, kwargs: dict, scale: floa
     return (gs + decay).abs() * 10 < torch.maximum(gs.abs(), decay.abs())
 
 
+def _put_specials(tensors, specials) -> None:
+    """Write (index, position, value) triples into tensors[index] (position modulo its size)."""
+    for i, pos, value in specials:
+        flat = tensors[i].view(-1)
+        flat[pos % flat.numel()] = value
+
+
 def run_case(info, case: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     gen = torch.Generator().manual_seed(case["seed"])
     dtype = case["dtype"]
     kwargs = {**info.full_kwargs(case["config"]), **case["reg"]}
     kwargs["lr"] = kwargs["lr"] * case["lr_scale"]
     init = [(torch.randn(s, generator=gen, dtype=torch.float64) * case["w_scale"]).to(dtype) for s in case["shapes"]]
+    _put_specials(init, case.get("weight_specials", ()))
     p_ker = [w.clone().requires_grad_() for w in init]
     p_ref = [w.clone().requires_grad_() for w in init]
     o_ker = info.cls(p_ker, **kwargs, fused=case["fused_flag"])
@@ -192,6 +200,7 @@ def run_case(info, case: dict) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
                 ill.append(None)
                 continue
             g = (torch.randn(pk.shape, generator=gen, dtype=torch.float64) * case["g_scale"] * (scale or 1.0)).to(dtype)
+            _put_specials({i: g}, [s for s in case.get("grad_specials", [()] * (step + 1))[step] if s[0] == i])
             pk.grad, pr.grad = g.clone(), g.clone()
             ill.append(_ill_conditioned(pk, g, kwargs, scale) if coupled else None)
         for o in (o_ker, o_ref):

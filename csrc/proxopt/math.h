@@ -207,7 +207,9 @@ struct Rmsprop {
     if constexpr (Centered) {
       const M gavg = lerp(s[1 + int(Momentum)], g, k.a_lerp, k.a_lerp_hi);
       s[1 + int(Momentum)] = gavg;
-      avg = std::sqrt(sq + M(-1) * gavg * gavg);
+      // One rounding, as torch's addcmul (an fma): square_avg - grad_avg^2
+      // stays inf where grad_avg^2 alone would overflow (inf - inf = NaN).
+      avg = std::sqrt(std::fma(-gavg, gavg, sq));
     } else {
       avg = std::sqrt(sq);
     }
