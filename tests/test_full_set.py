@@ -199,25 +199,54 @@ class _Net(nn.Module):
 
 def test_param_groups_excludes_by_type_and_trains():
     net = _Net()
-    groups = proxopt.param_groups(net, l1=1e-3, weight_decay=0.1)
+    groups = proxopt.param_groups(net, l1=1e-3, weight_decay=0.1, names=True)
     reg, plain = groups
     assert set(reg["param_names"]) == {"conv.weight", "proj.weight", "gain"}
     assert set(plain["param_names"]) == {"emb.weight", "conv.bias", "bn.weight", "bn.bias", "proj.bias", "norm.weight", "norm.bias"}
     assert plain["l1"] == 0 and plain["weight_decay"] == 0 and reg["l1"] == 1e-3
-    groups = proxopt.param_groups(net, group_lasso=0.1)
+    groups = proxopt.param_groups(net, group_lasso=0.1, names=True)
     assert set(groups[0]["param_names"]) == {"conv.weight", "proj.weight"}  # "gain" is 1-D
     opt = proxopt.AdamW(groups, lr=0.05)
     for _ in range(3):
         opt.zero_grad()
         net(torch.randint(0, 10, (4, 7))).sum().backward()
         opt.step()
-    with pytest.raises(ValueError, match="unknown regularization"):
+    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['lasso'\]"):
         proxopt.param_groups(net, lasso=1.0)
+
+
+def test_param_groups_compose_with_add_param_group_and_per_group_options():
+    """No param_names by default (torch needs all groups with names or none, so a later
+    add_param_group without them works); optimizer options such as lr go to both groups."""
+    net = _Net()
+    frozen = nn.Linear(3, 3)
+    groups = proxopt.param_groups(net, l1=1e-3, lr=0.2, betas=(0.8, 0.9))
+    assert all("param_names" not in g for g in groups)
+    assert [g["lr"] for g in groups] == [0.2, 0.2] and groups[0]["l1"] == 1e-3 and groups[1]["l1"] == 0
+    opt = proxopt.AdamW(groups, lr=0.05)
+    opt.add_param_group({"params": list(frozen.parameters()), "lr": 0.01})  # what Lightning's unfreeze does
+    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.2, 0.01] and opt.param_groups[0]["betas"] == (0.8, 0.9)
+    net(torch.randint(0, 10, (4, 7))).sum().backward()
+    opt.step()
+
+
+def test_param_groups_of_an_iterable():
+    """model.parameters() (a generator) and model.named_parameters() work; without modules the
+    "norm" rule is "1d" and embeddings stay regularized."""
+    net = _Net()
+    by_module = proxopt.param_groups(net, l1=1e-3, names=True)
+    named = proxopt.param_groups(net.named_parameters(), l1=1e-3, names=True)
+    assert set(named[0]["param_names"]) == set(by_module[0]["param_names"]) - {"gain"} | {"emb.weight"}
+    bare = proxopt.param_groups(net.parameters(), l1=1e-3)
+    assert [len(g["params"]) for g in bare] == [len(named[0]["params"]), len(named[1]["params"])]
+    assert all(p.dim() >= 2 for p in bare[0]["params"]) and all(p.dim() < 2 for p in bare[1]["params"])
+    with pytest.raises(TypeError, match="item 0 is a str"):
+        proxopt.param_groups(["weight"], l1=1e-3)
 
 
 def test_param_groups_custom_rules():
     net = _Net()
-    groups = proxopt.param_groups(net, exclude=(nn.Conv1d, lambda n, p, m: n == "gain", "proj"), l2=0.1)
+    groups = proxopt.param_groups(net, exclude=(nn.Conv1d, lambda n, p, m: n == "gain", "proj"), l2=0.1, names=True)
     assert set(groups[0]["param_names"]) == {"emb.weight", "bn.weight", "bn.bias", "norm.weight", "norm.bias"}
 
 
@@ -247,3 +276,23 @@ def test_group_proxes_on_3d_tensors_match_reference(shape, dim, dtype):
     ref = _matrix_run(proxopt.AdamW, shape=shape, dtype=dtype, fused=False, **kw)
     torch.testing.assert_close(fused, ref, **TOL[dtype])
     assert fused.min() >= -0.3 and fused.max() <= 0.4
+
+
+def test_sparsity_report_separates_regularized_parameters():
+    """A fresh model's zero biases are not sparsity; with an optimizer its groups decide."""
+    net = _Net()
+    with torch.no_grad():
+        net.conv.bias.zero_()
+        net.proj.weight[:2] = 0.0  # 16 of the regularized elements
+    rep = proxopt.sparsity(net, target=0.5)
+    reg_names = {p.name for p in rep.params if p.regularized}
+    assert reg_names == {"conv.weight", "proj.weight", "gain"}
+    assert rep.regularized.zeros == 16 and rep.regularized.numel == 8 * 6 * 3 + 32 + 4
+    assert rep.unregularized.zeros >= 8  # conv.bias, bn.bias, norm.bias...
+    assert rep.target_met is False and "not met" in rep.table() and "(unregularized)" in rep.table()
+    opt = proxopt.AdamW(proxopt.param_groups(net, group_lasso=0.1), lr=0.1)  # gain: 1-D, unregularized
+    rep = proxopt.sparsity(net, optimizer=opt, target=0.05)  # 16 of 176
+    assert {p.name for p in rep.params if p.regularized} == {"conv.weight", "proj.weight"}
+    assert rep.target_met is True and rep.to_dict()["regularized"]["zeros"] == 16
+    with pytest.raises(ValueError, match="Invalid target"):
+        proxopt.sparsity(net, target=5)

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from .arguments import ARGUMENT_DOCS
+
 PROX_METRICS = ("euclidean", "adaptive")
 
 
@@ -105,6 +107,8 @@ class Keyword:
     check: Callable[[str, Any], Any]
     annotation: str
     doc: str
+    # a modifier changes how other keywords act and regularizes nothing itself
+    modifier: bool = False
 
 
 REGULARIZERS: tuple[Keyword, ...] = (
@@ -119,19 +123,21 @@ REGULARIZERS: tuple[Keyword, ...] = (
             "weights; an infinite side is unconstrained)."),
     Keyword("prox_metric", "euclidean", _metric, "str",
             "``'euclidean'`` (τ = lr·λ) or ``'adaptive'`` (τᵢ = lr·λ/dᵢ, the optimizer's own "
-            "denominator; not for SGD, not with group proxes) for ``l1``, ``l2``, ``l0``."),
+            "denominator; not for SGD, not with group proxes) for ``l1``, ``l2``, ``l0``.", modifier=True),
     Keyword("group_lasso", 0.0, strength, "float",
             "λ of λ Σ_g √|g| ‖w_g‖₂ over the slices along ``group_dim``: block soft threshold "
             "``w_g·max(0, 1 − τ√|g|/‖w_g‖₂)`` (whole groups become 0). Needs tensors of 2+ dims."),
     Keyword("group_dim", 0, integer, "int",
-            "The dim whose slices are the groups of ``group_lasso`` (0: output rows / channels)."),
+            "The dim whose slices are the groups of ``group_lasso`` (0: output rows / channels).", modifier=True),
     Keyword("max_norm", None, _max_norm, "float | None",
             "c: project every group (slices along ``max_norm_dim``) onto ‖w_g‖₂ ≤ c."),
     Keyword("max_norm_dim", 0, integer, "int",
-            "The dim whose slices ``max_norm`` bounds (the same as ``group_dim`` with both)."),
+            "The dim whose slices ``max_norm`` bounds (the same as ``group_dim`` with both).", modifier=True),
 )
 
 REGULARIZER_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS}
+# The keywords that regularize when off their default (not the modifiers).
+ACTING_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS if not k.modifier}
 _CHECKS = {k.name: k.check for k in REGULARIZERS}
 
 
@@ -213,9 +219,18 @@ def with_regularizers(cls: type) -> type:
         for k in REGULARIZERS
     ]
     init.__signature__ = sig.replace(parameters=params)
-    lines = ["", "    Regularizers (keyword-only; each can be overridden per param group):", ""]
+    lines = ["", "    Args:"]
+    for p in params[1:]:  # after self
+        if p.name in REGULARIZER_DEFAULTS:
+            continue
+        if p.name not in ARGUMENT_DOCS:
+            raise TypeError(f"{cls.__name__}: argument {p.name!r} has no entry in arguments.ARGUMENT_DOCS")
+        kind, doc = ARGUMENT_DOCS[p.name]
+        default = "" if p.default is inspect.Parameter.empty else f", default {p.default!r}"
+        lines.append(f"        {p.name} ({kind}{default}): {doc}")
     for k in REGULARIZERS:
-        lines.append(f"        {k.name} ({k.annotation}, default {k.default!r}): {k.doc}")
+        lines.append(f"        {k.name} ({k.annotation}, keyword-only, default {k.default!r}): {k.doc}")
+    lines += ["", "    Every regularizer can be set per param group, like ``lr``."]
     cls.__doc__ = (cls.__doc__ or "").rstrip() + "\n" + "\n".join(lines) + "\n"
     return cls
 

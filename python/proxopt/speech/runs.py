@@ -182,7 +182,7 @@ def make_optimizer(run: str, model: nn.Module, cfg: TrainConfig) -> tuple[torch.
         groups = proxopt.param_groups(model, weight_decay=wd, l1=cfg.l1, prox_metric=cfg.prox_metric)
         return prox_cls(groups, lr=cfg.lr, **extra), list(groups[0]["params"])
     if run == "prox-group":
-        groups = proxopt.param_groups(model, weight_decay=wd, group_lasso=cfg.group_lasso)
+        groups = proxopt.param_groups(model, weight_decay=wd, group_lasso=cfg.group_lasso, names=True)
         regularized = list(groups[0]["params"])
         out = _output_layer(model)
         if cfg.output_group_dim is not None and out is not None and any(p is out.weight for p in regularized):
