@@ -60,7 +60,7 @@ constexpr int64_t kBlockTarget = 1 << 13;
 // With at most kColumnRows outer indices the whole block is one visit as
 // above. With more, the block's rows do not stay in cache together, and its
 // runs must be long to stream (16M float AdamW, 4096 columns, one thread:
-// runs of 1024 elements 2.2x the plain step, 2048 1.9x, 4096 1.5x), so a
+// runs of 1024 elements 2.0x the plain step, 2048 1.9x, 4096 1.5x), so a
 // block is a panel at least kColumnPanel groups wide (or all of them), split
 // no finer than one per thread; it is stepped in place and its sums taken,
 // then its weights scaled in a second pass (16-bit: a dry pass for the sums,
