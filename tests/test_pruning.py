@@ -8,7 +8,7 @@ from torch import nn
 
 import proxopt
 from proxopt.pruning import PruningError, prune_zero_channels
-from proxopt.speech.models import denoiser, kws_cnn
+from examples.speech.models import denoiser, kws_cnn
 
 
 def _randomize_norms(model: nn.Module, g: torch.Generator) -> None:

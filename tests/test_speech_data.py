@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from proxopt.speech import data as D
+from examples.speech import data as D
 
 # espeak-ng tests skip only when the binary is truly absent (CI installs it);
 # PROXOPT_REQUIRE_ESPEAK=1 turns that skip into a failure.
@@ -86,6 +86,28 @@ def test_bad_files_raise_clear_errors(tmp_path, arrays, message):
     assert str(e.value).startswith(path)  # names the file
 
 
+@pytest.mark.parametrize(
+    "key, hint", [("speakers", "did you mean 'groups'?"), ("feature", "did you mean 'features'?"), ("lables", "did you mean 'labels'?"), ("extra", "the format's keys are")]
+)
+def test_a_wrong_key_is_named(tmp_path, key, hint):
+    arrays = dict(features=_obj(_features(2)), labels=np.array([0, 1]))
+    arrays[key] = np.array([0, 1])
+    path = _write(tmp_path, **arrays)
+    with pytest.raises(D.CorpusFormatError) as e:
+        D.load_corpus(path)
+    assert f"unknown key '{key}'" in str(e.value) and hint in str(e.value)
+
+
+def test_features_only_file_without_groups_and_odd_lengths(tmp_path):
+    # a user's corpus: precomputed features of odd lengths, no audio, no speaker ids
+    feats = [np.random.default_rng(i).standard_normal((13 + 7 * i % 11, 20)).astype(np.float32) for i in range(9)]
+    path = _write(tmp_path, features=_obj(feats), labels=np.arange(9) % 3)
+    c = D.load_corpus(path)
+    assert c.audio is None and c.groups is None and [f.shape[0] for f in c.features] == [f.shape[0] for f in feats]
+    tr, te = D.split_by_group(c, 0.34, seed=0)  # every utterance its own group: a random split
+    assert len(te) == 3 and sorted(np.concatenate([tr, te]).tolist()) == list(range(9))
+
+
 def test_not_an_npz(tmp_path):
     path = tmp_path / "junk.npz"
     path.write_bytes(b"this is not a zip file")
@@ -116,19 +138,31 @@ def test_split_by_group_is_speaker_disjoint():
 # --------------------------------------------------------------------------
 
 
-def test_resample_numpy_matches_scipy():
-    scipy_signal = pytest.importorskip("scipy.signal")
-    x = np.random.default_rng(0).standard_normal(5001)
-    ref = scipy_signal.resample_poly(x, 320, 441)
-    for backend in ("numpy", "scipy"):
-        y = D.resample_poly(x, 22050, 16000, backend=backend)
-        assert y.dtype == np.float32 and y.shape == ref.shape
-        np.testing.assert_allclose(y, ref, atol=1e-5)
+def test_resample_is_scipy_s():
+    from scipy.signal import resample_poly
+
+    x = np.random.default_rng(0).standard_normal(4410)
+    y = D.resample_poly(x, 22050, 16000)
+    assert y.dtype == np.float32 and len(y) == 3200
+    np.testing.assert_array_equal(y, resample_poly(x, 320, 441).astype(np.float32))
+
+
+def test_espeak_wav_is_read_bit_for_bit():
+    # espeak-ng --stdout writes placeholder sizes; the samples are int16 / 32768 exactly
+    n = 1000
+    pcm = (np.arange(n, dtype=np.int64) * 37 % 65536 - 32768).astype("<i2")
+    header = b"RIFF" + b"\xff\xff\xff\x7f" + b"WAVE" + b"fmt " + (16).to_bytes(4, "little")
+    header += (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (22050).to_bytes(4, "little")
+    header += (44100).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    header += b"data" + b"\xff\xff\xff\x7f"
+    wav, sr = D._parse_wav(header + pcm.tobytes())
+    assert sr == 22050 and wav.dtype == np.float32
+    np.testing.assert_array_equal(wav, pcm.astype(np.float32) / 32768.0)
 
 
 def test_resample_keeps_a_tone():
     t = np.arange(22050) / 22050
-    y = D.resample_poly(np.sin(2 * np.pi * 1000 * t), 22050, 16000, backend="numpy")
+    y = D.resample_poly(np.sin(2 * np.pi * 1000 * t), 22050, 16000)
     assert len(y) == 16000
     spectrum = np.abs(np.fft.rfft(y[1000:-1000] * np.hanning(14000)))
     peak_hz = np.argmax(spectrum) * 16000 / 14000

@@ -6,40 +6,28 @@ import numpy as np
 import pytest
 import torch
 
-from proxopt.speech.features import (
+from examples.speech.features import (
     MFCC,
     LogMel,
     SpecAugment,
     compute_features,
     dct_matrix,
-    hz_to_mel,
     mel_filterbank,
-    mel_to_hz,
     normalize_utterance,
     pad_features,
 )
 
 
-@pytest.mark.parametrize(
-    "sr, n_fft, n_mels, fmin, fmax, htk, norm",
-    [(16000, 512, 40, 20.0, None, False, "slaney"), (16000, 400, 80, 0.0, 8000.0, True, None), (22050, 1024, 64, 50.0, 7600.0, False, "slaney")],
-)
-def test_builtin_filterbank_matches_librosa(sr, n_fft, n_mels, fmin, fmax, htk, norm):
-    librosa = pytest.importorskip("librosa")
-    ours = mel_filterbank(sr, n_fft, n_mels, fmin, fmax, htk=htk, norm=norm, backend="builtin")
-    ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm)
-    assert ours.shape == ref.shape == (n_mels, n_fft // 2 + 1) and ours.dtype == np.float32
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6)
+def test_filterbank_is_librosa_s_and_checks_its_range():
+    import librosa
 
-
-def test_mel_scale_roundtrip_and_shape():
-    f = np.array([0.0, 200.0, 999.0, 1000.0, 4000.0, 8000.0])
-    for htk in (False, True):
-        np.testing.assert_allclose(mel_to_hz(hz_to_mel(f, htk), htk), f, atol=1e-6)
-    fb = mel_filterbank(16000, 512, 40, backend="builtin")
-    assert (fb >= 0).all() and (fb.sum(axis=1) > 0).all()  # no empty filter
+    fb = mel_filterbank(22050, 1024, 80, 0.0, 8000.0)
+    ref = librosa.filters.mel(sr=22050, n_fft=1024, n_mels=80, fmin=0.0, fmax=8000.0)
+    assert fb.shape == (80, 513) and fb.dtype == np.float32
+    np.testing.assert_array_equal(fb, ref.astype(np.float32))
+    assert (fb.sum(axis=1) > 0).all()  # no empty filter
     with pytest.raises(ValueError, match="fmin"):
-        mel_filterbank(16000, 512, 40, fmin=9000, backend="builtin")
+        mel_filterbank(16000, 512, 40, fmin=9000)
 
 
 def test_logmel_and_mfcc_shapes():
@@ -53,7 +41,8 @@ def test_logmel_and_mfcc_shapes():
 
 
 def test_logmel_matches_librosa_melspectrogram():
-    librosa = pytest.importorskip("librosa")
+    import librosa
+
     x = torch.randn(16000)
     ref = librosa.feature.melspectrogram(
         y=x.numpy(), sr=16000, n_fft=512, win_length=400, hop_length=160, n_mels=40, fmin=20.0, center=True, pad_mode="reflect", power=2.0

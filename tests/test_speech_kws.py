@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from proxopt.speech import data as D
-from proxopt.speech import denoise, kws
+from examples.speech import data as D
+from examples.speech import denoise, kws
 
 _SKIP = D.espeak_binary() is None and os.environ.get("PROXOPT_REQUIRE_ESPEAK") != "1"
 pytestmark = pytest.mark.skipif(_SKIP, reason="espeak-ng is not installed (apt-get install -y espeak-ng)")

@@ -5,15 +5,15 @@ proxopt's fused proximal L1 and group lasso.
 
 Modules (import them directly; nothing heavy is imported here):
 
-* :mod:`proxopt.speech.data`     -- the ``.npz`` interchange format (load, validate, save),
+* :mod:`examples.speech.data`     -- the ``.npz`` interchange format (load, validate, save),
   speaker-disjoint splits, and the espeak-ng corpus synthesizer with its cache;
-* :mod:`proxopt.speech.features` -- mel filterbank, :class:`LogMel`, :class:`MFCC`,
+* :mod:`examples.speech.features` -- mel filterbank, :class:`LogMel`, :class:`MFCC`,
   per-utterance normalization, :class:`SpecAugment`;
-* :mod:`proxopt.speech.models`   -- the KWS CNN and the denoiser (plain ``nn.Sequential``,
+* :mod:`examples.speech.models`   -- the KWS CNN and the denoiser (plain ``nn.Sequential``,
   so :func:`proxopt.pruning.prune_zero_channels` can shrink them);
-* :mod:`proxopt.speech.runs`     -- the four side-by-side runs, timing and reports;
-* :mod:`proxopt.speech.kws`      -- ``python -m proxopt.speech.kws``;
-* :mod:`proxopt.speech.denoise`  -- ``python -m proxopt.speech.denoise``.
+* :mod:`examples.speech.runs`     -- the four side-by-side runs, timing and reports;
+* :mod:`examples.speech.kws`      -- ``python -m examples.speech.kws``;
+* :mod:`examples.speech.denoise`  -- ``python -m examples.speech.denoise``.
 """
 
 from __future__ import annotations

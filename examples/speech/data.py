@@ -24,6 +24,10 @@ key                content
 ``group_names``    optional str ``[G]`` naming the group ids
 =================  ==========================================================
 
+Any other key is an error (a misspelt ``speakers`` would otherwise be
+ignored and the split silently become a random one).  Utterances may have
+any number of frames or samples (the pipelines pad them to the longest).
+
 At least one of ``features`` / ``audio`` must be present (the KWS pipeline
 uses ``features`` when both are; the denoising pipeline needs clean
 ``audio``).  Object arrays are stored with pickle, so :func:`load_corpus`
@@ -46,10 +50,8 @@ The synthetic corpus
 voice ``<accent>+<variant>`` (e.g. ``en-us+f3``), a speaking rate and a
 pitch, one ``espeak-ng`` process per core at a time (a thread pool whose
 threads each wait on one child process).
-The 22050 Hz output is resampled to 16 kHz with a polyphase FIR filter
-(:func:`resample_poly`: ``scipy.signal.resample_poly`` when SciPy is
-installed, else an equivalent NumPy implementation of the same
-Kaiser-windowed filter), trimmed of silence, placed at a random offset in a
+The 22050 Hz output (read with ``soundfile``) is resampled to 16 kHz with
+``scipy.signal.resample_poly`` (:func:`resample_poly`), trimmed of silence, placed at a random offset in a
 fixed-length clip, mixed with white/pink/brown noise at a random SNR and
 scaled by a random gain.  Speakers are espeak *variants* (``m1`` .. ``f5``,
 ``klatt``, ``Annie`` ...); the accent is drawn per utterance, so a speaker is
@@ -63,7 +65,7 @@ workers.  The result is cached under ``$PROXOPT_CACHE`` or
 ``~/.cache/proxopt`` by a hash of the spec, the espeak-ng version and the
 resampler.  Command line::
 
-    python -m proxopt.speech.data --out corpus.npz [--tiny] [--seed 0]
+    python -m examples.speech.data --out corpus.npz [--tiny] [--seed 0]
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -201,11 +203,28 @@ def _names(path: str, key: str, value: np.ndarray | None, n: int) -> list[str] |
     return names
 
 
+# The format's keys (the module docstring's table); any other key is an error,
+# so a misspelt optional key (``speakers`` for ``groups``) is not silently ignored.
+KEYS = ("features", "audio", "sample_rate", "labels", "label_names", "groups", "group_names")
+_KEY_HINTS = {"speaker": "groups", "speakers": "groups", "speaker_ids": "groups", "voices": "groups", "y": "labels", "x": "features"}
+
+
+def _unknown_key_error(path: str, key: str) -> CorpusFormatError:
+    import difflib  # noqa: PLC0415
+
+    guess = _KEY_HINTS.get(key.lower()) or next(iter(difflib.get_close_matches(key, KEYS, n=1)), None)
+    hint = f" (did you mean '{guess}'?)" if guess else ""
+    return _err(path, f"unknown key '{key}'{hint}; the format's keys are {', '.join(KEYS)}")
+
+
 def validate_corpus(data: dict[str, Any], path: str = "<corpus>") -> Corpus:
     """Check a dict of arrays against the documented format; return a :class:`Corpus`.
 
     Raises :class:`CorpusFormatError` naming the first problem found."""
     keys = sorted(data)
+    for key in keys:
+        if key not in KEYS:
+            raise _unknown_key_error(path, key)
     if "labels" not in data:
         raise _err(path, f"missing key 'labels' (found keys: {', '.join(keys) or 'none'})")
     if "features" not in data and "audio" not in data:
@@ -360,86 +379,22 @@ def split_by_group(
 # Resampling
 # --------------------------------------------------------------------------
 
-
-def _kaiser_lowpass(half_len: int, cutoff: float, beta: float = 5.0) -> np.ndarray:
-    """firwin(2*half_len+1, cutoff, window=('kaiser', beta)) with unit DC gain."""
-    n = np.arange(-half_len, half_len + 1, dtype=np.float64)
-    h = cutoff * np.sinc(cutoff * n) * np.kaiser(2 * half_len + 1, beta)
-    return h / h.sum()
+# Part of the cache key: a corpus made with another resampler is another corpus.
+RESAMPLER = "scipy.signal.resample_poly"
 
 
-def _resample_poly_numpy(x: np.ndarray, up: int, down: int) -> np.ndarray:
-    """Polyphase FIR resampling by up/down, the same filter and alignment as
-    ``scipy.signal.resample_poly`` (Kaiser window, beta 5, half length
-    10*max(up, down)); computes only the output samples (no zero-stuffing)."""
-    x = np.asarray(x, dtype=np.float64)
-    h, half_len = _poly_filter(up, down)
-    n_out = -(-len(x) * up // down)  # ceil
-    m = np.arange(n_out, dtype=np.int64)
-    t = m * down + half_len  # position in the upsampled signal, filter centered
-    taps = -(-len(h) // up) + 1
-    j_hi = t // up  # largest input index with t - j*up >= 0
-    j = j_hi[:, None] - np.arange(taps)[None, :]
-    k = t[:, None] - j * up  # filter index
-    valid = (k < len(h)) & (j >= 0) & (j < len(x))
-    vals = np.where(valid, x[np.clip(j, 0, len(x) - 1)] * h[np.clip(k, 0, len(h) - 1)], 0.0)
-    return vals.sum(axis=1)
-
-
-def _scipy_upfirdn():
-    try:
-        from scipy.signal import upfirdn  # noqa: PLC0415
-    except Exception:  # scipy missing or broken
-        return None
-    return upfirdn
-
-
-def resampler_name() -> str:
-    """``"scipy"`` when ``scipy.signal.upfirdn`` runs the filter, else ``"numpy-polyphase"``."""
-    import importlib.util  # noqa: PLC0415
-
-    return "scipy" if importlib.util.find_spec("scipy") is not None else "numpy-polyphase"
-
-
-@functools.lru_cache(maxsize=8)
-def _poly_filter(up: int, down: int) -> tuple[np.ndarray, int]:
-    max_rate = max(up, down)
-    half_len = 10 * max_rate
-    return _kaiser_lowpass(half_len, 1.0 / max_rate) * up, half_len
-
-
-def _resample_poly_scipy(upfirdn, x: np.ndarray, up: int, down: int) -> np.ndarray:
-    """``scipy.signal.resample_poly(x, up, down)`` with the filter designed once."""
-    h, half_len = _poly_filter(up, down)
-    n_out = -(-len(x) * up // down)
-    n_pre_pad = down - half_len % down
-    n_pre_remove = (half_len + n_pre_pad) // down
-    # upfirdn's output length for a filter of length L: ((len(x) - 1) * up + L - 1) // down + 1
-    need = n_out + n_pre_remove
-    n_post_pad = 0
-    while ((len(x) - 1) * up + len(h) + n_pre_pad + n_post_pad - 1) // down + 1 < need:
-        n_post_pad += 1
-    hp = np.concatenate([np.zeros(n_pre_pad), h, np.zeros(n_post_pad)])
-    return upfirdn(hp, np.asarray(x, dtype=np.float64), up, down)[n_pre_remove : n_pre_remove + n_out]
-
-
-def resample_poly(x: np.ndarray, orig_sr: int, target_sr: int, backend: str = "auto") -> np.ndarray:
-    """Resample a 1-D float waveform from ``orig_sr`` to ``target_sr`` with a
-    polyphase FIR filter (the filter and alignment of ``scipy.signal.resample_poly``).
-
-    ``backend``: ``"auto"`` (SciPy's ``upfirdn`` if installed, else NumPy),
-    ``"scipy"`` or ``"numpy"``; both give the same result to float rounding."""
+def resample_poly(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a 1-D float waveform from ``orig_sr`` to ``target_sr``:
+    ``scipy.signal.resample_poly`` (polyphase FIR, Kaiser window) by the
+    reduced ratio, returned as float32."""
     from math import gcd  # noqa: PLC0415
+
+    from scipy.signal import resample_poly as _resample_poly  # noqa: PLC0415
 
     if orig_sr == target_sr:
         return np.asarray(x, dtype=np.float32)
     g = gcd(int(orig_sr), int(target_sr))
-    up, down = int(target_sr) // g, int(orig_sr) // g
-    upfirdn = _scipy_upfirdn() if backend in ("auto", "scipy") else None
-    if backend == "scipy" and upfirdn is None:
-        raise ImportError("resample_poly(backend='scipy'): scipy is not installed")
-    y = _resample_poly_scipy(upfirdn, x, up, down) if upfirdn is not None else _resample_poly_numpy(x, up, down)
-    return y.astype(np.float32)
+    return _resample_poly(np.asarray(x, dtype=np.float64), int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -496,29 +451,16 @@ def espeak_available() -> bool:
 
 
 def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """A 16-bit PCM WAV from espeak-ng --stdout (whose size fields are placeholders)."""
-    if len(data) < 44 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        raise RuntimeError(f"espeak-ng did not write a WAV file ({len(data)} bytes)")
-    pos, sr, channels, bits = 12, None, 1, 16
-    while pos + 8 <= len(data):
-        tag, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
-        if tag == b"fmt ":
-            _, channels, sr, _, _, bits = struct.unpack("<HHIIHH", data[pos + 8 : pos + 24])
-            pos += 8 + size
-        elif tag == b"data":
-            pcm = data[pos + 8 :]  # to the end: espeak streams with an unknown size
-            break
-        else:
-            pos += 8 + size
-    else:
-        raise RuntimeError("espeak-ng WAV has no data chunk")
-    if bits != 16 or sr is None:
-        raise RuntimeError(f"unsupported WAV from espeak-ng: {bits} bits, rate {sr}")
-    pcm = pcm[: len(pcm) // (2 * channels) * 2 * channels]
-    wav = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
-    if channels > 1:
-        wav = wav.reshape(-1, channels).mean(axis=1)
-    return wav, int(sr)
+    """A 16-bit PCM WAV from espeak-ng --stdout (whose size fields are
+    placeholders: soundfile reads to the end of the stream) as float32 in
+    [-1, 1) (int16 / 32768) and its sample rate; channels are averaged."""
+    import soundfile  # noqa: PLC0415
+
+    try:
+        wav, sr = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except (RuntimeError, soundfile.LibsndfileError) as e:
+        raise RuntimeError(f"espeak-ng did not write a readable WAV ({len(data)} bytes): {e}") from e
+    return wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0], int(sr)
 
 
 def espeak_synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50) -> tuple[np.ndarray, int]:
@@ -739,7 +681,7 @@ def default_cache_dir() -> Path:
 def spec_key(spec: SynthSpec) -> str:
     """The cache key: the spec, the format version, espeak-ng's version and the resampler."""
     blob = json.dumps(
-        {"spec": dataclasses.asdict(spec), "format": FORMAT_VERSION, "espeak": espeak_version(), "resampler": resampler_name()},
+        {"spec": dataclasses.asdict(spec), "format": FORMAT_VERSION, "espeak": espeak_version(), "resampler": RESAMPLER},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -801,7 +743,7 @@ def synthesize_corpus(
     if verbose:
         print(
             f"[data] {len(plan)} utterances, {len(calls)} espeak-ng calls in {t1 - t0:.1f}s "
-            f"({workers} workers), resample ({resampler_name()}) + augment {t2 - t1:.1f}s",
+            f"({workers} workers), resample + augment {t2 - t1:.1f}s",
             file=sys.stderr,
         )
     target = cached if use_cache else Path(out if out is not None else cached)
@@ -822,7 +764,7 @@ def synthesize_corpus(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m proxopt.speech.data", description="Synthesize the espeak-ng keyword-spotting corpus.")
+    p = argparse.ArgumentParser(prog="python -m examples.speech.data", description="Synthesize the espeak-ng keyword-spotting corpus.")
     p.add_argument("--out", help="write the .npz here (it is cached anyway)")
     p.add_argument("--tiny", action="store_true", help="2 keywords, 2 speakers (seconds)")
     p.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,7 @@ run            what
                (``proxopt.penalties.l1_penalty``): the usual recipe
 ``prox-l1``    ``proxopt.AdamW(l1=λ)``: fused soft threshold, exact zeros
                (``prox_metric`` from ``--prox-metric``: ``adaptive`` by
-               default in the command lines, see :mod:`proxopt.speech.kws`)
+               default in the command lines, see :mod:`examples.speech.kws`)
 ``prox-group`` ``proxopt.AdamW(group_lasso=λ_g)``: fused block soft threshold
                on output channels (rows of Linear weights, output channels
                of Conv weights); the output layer's rows are the classes /

@@ -4,18 +4,9 @@
 Everything runs batched on the tensor's device (``[batch, samples]`` in,
 ``[batch, dims, frames]`` out).
 
-The mel filterbank
-------------------
-
-:func:`mel_filterbank` returns the Slaney-style filterbank of
-``librosa.filters.mel`` (Slaney mel scale, area-normalized triangles; or the
-HTK scale with ``htk=True``, and no normalization with ``norm=None``).
-torchaudio has no CPU wheel for this torch, so it is not used. With
-``backend="auto"`` the matrix comes from ``librosa.filters.mel`` when librosa
-is installed and otherwise from the NumPy implementation in this module,
-which follows librosa's formulas (float64 arithmetic, cast to float32) and is
-tested equal to it to 1e-6; ``backend="builtin"`` always uses the NumPy one,
-``backend="librosa"`` requires librosa.
+The mel filterbank is librosa's (``librosa.filters.mel``: Slaney mel scale,
+area-normalized triangles), the one implementation speech toolkits compare
+against. torchaudio has no CPU wheel for this torch, so it is not used.
 """
 
 from __future__ import annotations
@@ -27,45 +18,8 @@ import torch
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------
-# Mel scale and filterbank
+# Mel filterbank
 # --------------------------------------------------------------------------
-
-_F_SP = 200.0 / 3  # Slaney: 66.67 Hz per mel below 1 kHz
-_MIN_LOG_HZ = 1000.0
-_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
-_LOGSTEP = math.log(6.4) / 27.0
-
-
-def hz_to_mel(freq: np.ndarray | float, htk: bool = False) -> np.ndarray:
-    """Hz to mels: the Slaney scale (linear below 1 kHz, log above) or HTK's 2595·log10(1 + f/700)."""
-    f = np.asarray(freq, dtype=np.float64)
-    if htk:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-    mels = f / _F_SP
-    return np.where(f >= _MIN_LOG_HZ, _MIN_LOG_MEL + np.log(np.maximum(f, 1e-10) / _MIN_LOG_HZ) / _LOGSTEP, mels)
-
-
-def mel_to_hz(mels: np.ndarray | float, htk: bool = False) -> np.ndarray:
-    """The inverse of :func:`hz_to_mel`."""
-    m = np.asarray(mels, dtype=np.float64)
-    if htk:
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-    return np.where(m >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOGSTEP * (m - _MIN_LOG_MEL)), _F_SP * m)
-
-
-def _mel_filterbank_builtin(sr, n_fft, n_mels, fmin, fmax, htk, norm) -> np.ndarray:
-    fftfreqs = np.fft.rfftfreq(n_fft, 1.0 / sr)
-    mel_f = mel_to_hz(np.linspace(hz_to_mel(fmin, htk), hz_to_mel(fmax, htk), n_mels + 2), htk)
-    fdiff = np.diff(mel_f)
-    ramps = mel_f[:, None] - fftfreqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    if norm == "slaney":
-        weights *= (2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels]))[:, None]
-    elif norm is not None:
-        raise ValueError(f"mel_filterbank: norm must be 'slaney' or None, got {norm!r}")
-    return weights.astype(np.float32)
 
 
 def mel_filterbank(
@@ -77,27 +31,15 @@ def mel_filterbank(
     *,
     htk: bool = False,
     norm: str | None = "slaney",
-    backend: str = "auto",
 ) -> np.ndarray:
-    """A ``[n_mels, n_fft // 2 + 1]`` float32 mel filterbank (``librosa.filters.mel`` semantics).
+    """A ``[n_mels, n_fft // 2 + 1]`` float32 mel filterbank: ``librosa.filters.mel``
+    (Slaney scale, or HTK's with ``htk=True``; ``norm=None`` for unnormalized triangles)."""
+    from librosa.filters import mel as librosa_mel  # noqa: PLC0415
 
-    ``backend``: ``"auto"`` (librosa if installed, else built in), ``"librosa"`` or ``"builtin"``."""
     fmax = float(sample_rate) / 2 if fmax is None else float(fmax)
     if not 0 <= fmin < fmax <= sample_rate / 2:
         raise ValueError(f"mel_filterbank: need 0 <= fmin < fmax <= sample_rate/2, got fmin={fmin}, fmax={fmax}")
-    if backend not in ("auto", "librosa", "builtin"):
-        raise ValueError(f"mel_filterbank: backend must be 'auto', 'librosa' or 'builtin', got {backend!r}")
-    if backend in ("auto", "librosa"):
-        try:
-            from librosa.filters import mel as librosa_mel  # noqa: PLC0415
-        except ImportError:
-            if backend == "librosa":
-                raise
-        else:
-            return librosa_mel(
-                sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm, dtype=np.float32
-            )
-    return _mel_filterbank_builtin(sample_rate, n_fft, n_mels, fmin, fmax, htk, norm)
+    return librosa_mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, htk=htk, norm=norm, dtype=np.float32)
 
 
 def dct_matrix(n_mfcc: int, n_mels: int) -> Tensor:
@@ -132,14 +74,13 @@ class LogMel(nn.Module):
         fmin: float = 20.0,
         fmax: float | None = None,
         floor: float = 1e-6,
-        mel_backend: str = "auto",
     ) -> None:
         super().__init__()
         if win_length > n_fft:
             raise ValueError(f"LogMel: win_length ({win_length}) must be <= n_fft ({n_fft})")
         self.sample_rate, self.n_fft, self.win_length, self.hop_length = sample_rate, n_fft, win_length, hop_length
         self.n_mels, self.floor = n_mels, floor
-        fb = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax, backend=mel_backend)
+        fb = mel_filterbank(sample_rate, n_fft, n_mels, fmin, fmax)
         self.register_buffer("fbank", torch.from_numpy(fb), persistent=False)
         self.register_buffer("window", torch.hann_window(win_length), persistent=False)
 
