@@ -16,6 +16,7 @@ from .rmsprop import RMSprop
 from .schedules import RegularizerScheduler
 from .sgd import SGD
 from .sparsity import SparsityReport, sparsity
+from .sparsity_target import SparsityTarget
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "sparsity",
     "SparsityReport",
     "RegularizerScheduler",
+    "SparsityTarget",
     "prune_zero_channels",
     "backend_info",
     "has_cpu_kernels",
