@@ -120,7 +120,7 @@ class SparsityTarget(LRScheduler):
         begin_step: the step at which the ramp starts (λ is left alone before).
         initial_change: the factor by which the first update changes λ (> 1).
         max_change: the largest factor by which one update may change λ.
-        tolerance: errors |s(t) − z(t)| up to this leave λ unchanged.
+        tolerance: errors ``|s(t) − z(t)|`` up to this leave λ unchanged.
         scale_range: the bounds of λ/λ₀ (the initial λ sets the scale).
     """
 
