@@ -49,7 +49,9 @@ def test_kws_four_runs(tiny_corpus, tmp_path, capsys):
         assert r["pruned_max_abs_diff"] < 1e-4
         assert r["steps"] > 0 and r["step_time_s"] > 0 and r["train_time_s"] >= r["step_time_s"]
         assert len(r["history"]) == 2
-    assert (out / "kws.txt").read_text().count("\n") == 6
+    table = (out / "kws.txt").read_text().split("\n\n")[0]
+    assert table.count("\n") == 5  # header, rule, four runs
+    assert report["data"]["split"] == "by group (speaker-disjoint)" and "data split: by group (speaker-disjoint)" in printed
     pytest.importorskip("matplotlib")
     assert (out / "kws.png").stat().st_size > 10_000
 
@@ -72,7 +74,8 @@ def test_kws_user_features_file(tmp_path):
 def test_denoise_runs(tiny_corpus, tmp_path):
     out = tmp_path / "den"
     rc = denoise.main(["--data", str(tiny_corpus), "--epochs", "3", "--channels", "16,16,16", "--batch-size", "16",
-                       "--runs", "dense,l1-loss,prox-group", "--group-lasso", "2.0", "--threads", "1", "--quiet", "--out", str(out)])  # fmt: skip
+                       "--runs", "dense,l1-loss,prox-group,magnitude-structured", "--group-lasso", "2.0", "--threads", "1", "--quiet",
+                       "--out", str(out)])  # fmt: skip
     assert rc == 0
     report = json.loads((out / "denoise.json").read_text())
     runs = {r["run"]: r for r in report["runs"]}
@@ -80,3 +83,26 @@ def test_denoise_runs(tiny_corpus, tmp_path):
     assert hist[-1] < hist[0]  # it learns
     assert runs["l1-loss"]["zeros"] == 0 and runs["prox-group"]["zero_channels"] > 0
     assert all(r["pruned_max_abs_diff"] < 1e-4 for r in runs.values())
+    # without a sweep, magnitude-structured prunes to its default: half of
+    # each non-output layer's channels (16 each; the 1x1 bottleneck too)
+    mag = runs["magnitude-structured"]
+    assert mag["target"] == 0.5 and mag["zero_channels"] == 4 * 8 and mag["channels"] == 4 * 16
+    assert mag["pruned_params"] < mag["params"]
+
+
+def test_denoise_sweep_lower_loss_wins(tiny_corpus, tmp_path, capsys):
+    out = tmp_path / "dsweep"
+    rc = denoise.main(["--data", str(tiny_corpus), "--epochs", "2", "--channels", "16,16,16", "--batch-size", "16",
+                       "--runs", "dense,prox-l1,magnitude", "--sparsity", "0.9", "--threads", "1", "--quiet", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "denoise.json").read_text())
+    assert [p["run"] for p in report["points"]] == ["dense", "prox-l1", "magnitude"]
+    mag = next(p for p in report["points"] if p["run"] == "magnitude")
+    assert mag["weight_zero_fraction"] == pytest.approx(0.9, abs=1e-4)
+    (v,) = report["verdicts"]
+    loss = {p["run"]: p["val_loss"] for p in report["points"]}
+    assert v["winner"] == min(("prox-l1", "magnitude"), key=loss.get) and not v["higher_is_better"]
+    assert "val loss, lower is better" in printed and v["line"] in printed
+    pytest.importorskip("matplotlib")
+    assert (out / "denoise.png").stat().st_size > 10_000
