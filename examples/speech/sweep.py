@@ -38,9 +38,9 @@ per KWS run of 25 epochs, ~45 s per denoising run of 20 epochs), 22 runs
 each: 2 seeds x (1 dense + 3 targets x 2 + 2 targets x 2)::
 
     # ~20-30 min
-    python -m examples.speech.kws --sparsity 0.8,0.9,0.95 --channel-sparsity 0.3,0.5 --seeds 0,1 --out runs/kws_sweep
+    python -m examples.speech.kws --sparsity 0.8,0.9,0.95 --channel-sparsity 0.5,0.7 --seeds 0,1 --out runs/kws_sweep
     # ~15-25 min
-    python -m examples.speech.denoise --sparsity 0.8,0.9,0.95 --channel-sparsity 0.3,0.5 --seeds 0,1 --out runs/denoise_sweep
+    python -m examples.speech.denoise --sparsity 0.8,0.9,0.95 --channel-sparsity 0.5,0.7 --seeds 0,1 --out runs/denoise_sweep
 
 A reduced sweep, measured at 1-2 min (14 runs of 16 steps: too short to
 train at 80 % zeros, a smoke test)::

@@ -10,7 +10,7 @@ from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .groups import param_groups
 from .optimizer import ProxOptimizer
-from .penalties import elastic_net_penalty, l1_penalty, l2_penalty
+from .penalties import elastic_net_penalty, gaussian_kl_penalty, l1_penalty, l2_penalty
 from .pruning import prune_zero_channels
 from .rmsprop import RMSprop
 from .schedules import RegularizerScheduler
@@ -41,4 +41,5 @@ __all__ = [
     "l1_penalty",
     "l2_penalty",
     "elastic_net_penalty",
+    "gaussian_kl_penalty",
 ]

@@ -34,3 +34,28 @@ def elastic_net_penalty(params: Iterable[Tensor], l1: float, l2: float) -> Tenso
     """λ₁‖w‖₁ + λ₂/2‖w‖², summed over the tensors."""
     params = list(params)
     return l1_penalty(params, l1) + l2_penalty(params, l2)
+
+
+def gaussian_kl_penalty(mean: Tensor, log_var: Tensor, lam: float = 1.0) -> Tensor:
+    """λ·KL(N(μ, σ²) ‖ N(0, I)): a penalty on a distribution the model *outputs*.
+
+    ``mean`` and ``log_var`` (= log σ²) are ``[..., latent_dim]`` tensors of
+    the same shape, e.g. the posterior of a VAE's latent (a TTS model's
+    prosody latent). Per element the divergence is
+    ½·(μ² + σ² − 1 − log σ²); it is summed over the last dimension (the
+    latent's) and averaged over all the others (the batch, frames or
+    phonemes). It acts on activations, not on weights, so it has no
+    proximal form in an optimizer: it stays in the loss.
+    """
+    if not isinstance(mean, Tensor) or not isinstance(log_var, Tensor):
+        raise TypeError(
+            f"gaussian_kl_penalty: mean and log_var must be tensors, got {type(mean).__name__} and {type(log_var).__name__}"
+        )
+    if mean.shape != log_var.shape:
+        raise ValueError(f"Invalid log_var shape: {tuple(log_var.shape)} (must match mean's {tuple(mean.shape)})")
+    if mean.dim() == 0:
+        raise ValueError("Invalid mean shape: () (needs a last dimension: the latent's)")
+    if not (isinstance(lam, (int, float)) and 0.0 <= lam < float("inf")):
+        raise ValueError(f"Invalid lam value: {lam} (must be finite and >= 0)")
+    kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var)
+    return lam * kl.sum(dim=-1).mean()
