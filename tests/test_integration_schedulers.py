@@ -11,7 +11,7 @@ import torch
 from torch.optim import lr_scheduler as lrs
 
 import proxopt
-from proxopt.schedules import RegularizerScheduler, cosine_ramp, linear_warmup
+from proxopt.schedules import RegularizerScheduler, cosine_ramp, cubic_ramp, linear_warmup
 
 STEPS = 12
 
@@ -281,3 +281,28 @@ def test_regularizer_scheduler_is_an_lr_scheduler_for_frameworks():
     sched = RegularizerScheduler(opt, "l1", linear_warmup(2))
     assert isinstance(sched, lrs.LRScheduler)
     assert sched.get_last_lr() == [0.001]
+
+
+def test_cubic_ramp_is_zhu_and_gupta_and_a_regularizer_schedule():
+    ramp = cubic_ramp(8, start=0.25, begin=2)
+    assert [ramp(t) for t in (0, 2, 10, 100)] == [0.25, 0.25, 1.0, 1.0]
+    assert ramp(6) == pytest.approx(0.25 + 0.75 * (1 - 0.5**3))  # half-way: 7/8 of the rise
+    values = [ramp(t) for t in range(12)]
+    assert values == sorted(values) and all(0.25 <= v <= 1 for v in values)
+    rises = [b - a for a, b in zip(values[2:10], values[3:11])]
+    assert rises == sorted(rises, reverse=True)  # fast first, flat at the end
+    assert cubic_ramp(10)(0) == 0.0 and cubic_ramp(10)(5) == 1 - 0.5**3  # the sparsity ramp: start 0
+    # a RegularizerScheduler schedule whose state a checkpoint keeps
+    opt = proxopt.AdamW(_model().parameters(), lr=0.05, l1=0.02)
+    sched = RegularizerScheduler(opt, "l1", cubic_ramp(8, start=0.25, begin=2))
+    for t in range(1, 12):
+        sched.step()
+        assert opt.param_groups[0]["l1"] == pytest.approx(0.02 * ramp(t))
+    assert sched.state_dict()["schedules"] == [{"steps": 8, "start": 0.25, "begin": 2}]
+    sched2 = RegularizerScheduler(proxopt.AdamW(_model().parameters(), lr=0.05, l1=0.02), "l1", cubic_ramp(1))
+    sched2.load_state_dict(sched.state_dict())
+    assert (sched2.schedules[0].steps, sched2.schedules[0].start, sched2.schedules[0].begin) == (8, 0.25, 2)
+    with pytest.raises(ValueError, match="Invalid steps value: 0"):
+        cubic_ramp(0)
+    with pytest.raises(ValueError, match="Invalid begin value: -1"):
+        cubic_ramp(4, begin=-1)

@@ -44,6 +44,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+from proxopt.schedules import cubic_ramp
+
 __all__ = [
     "CubicSchedule",
     "GlobalMagnitudePruning",
@@ -65,7 +67,9 @@ def check_fraction(value: float, name: str = "target") -> float:
 @dataclass(frozen=True)
 class CubicSchedule:
     """Zhu & Gupta's cubic sparsity ramp from 0 at step ``start`` to ``final``
-    at step ``end = start + events · every``, pruning every ``every`` steps."""
+    at step ``end = start + events · every``, pruning every ``every`` steps
+    (``final · proxopt.schedules.cubic_ramp(end − start, begin=start)``, the
+    ramp :class:`proxopt.SparsityTarget` follows)."""
 
     final: float  # s_f
     start: int  # t₀
@@ -86,11 +90,7 @@ class CubicSchedule:
 
     def sparsity(self, step: int) -> float:
         """s_t after optimizer step ``step``."""
-        if step <= self.start:
-            return 0.0
-        if step >= self.end:
-            return self.final
-        return self.final * (1.0 - (1.0 - (step - self.start) / (self.events * self.every)) ** 3)
+        return self.final * cubic_ramp(self.end - self.start, begin=self.start)(step)
 
     def prunes_at(self, step: int) -> bool:
         """Whether a pruning event follows optimizer step ``step``."""

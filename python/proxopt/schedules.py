@@ -38,7 +38,7 @@ from typing import Any
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["RegularizerScheduler", "linear_warmup", "cosine_ramp"]
+__all__ = ["RegularizerScheduler", "linear_warmup", "cosine_ramp", "cubic_ramp"]
 
 SCHEDULABLE = ("l1", "l2", "l0", "group_lasso", "max_norm", "weight_decay")
 
@@ -211,3 +211,37 @@ class cosine_ramp:
 
     def __repr__(self) -> str:
         return f"cosine_ramp(steps={self.steps}, start={self.start})"
+
+
+class cubic_ramp:
+    """Multiplier rising from ``start`` at step ``begin`` to 1 at step
+    ``begin + steps`` along Zhu & Gupta's cubic (2017, "To prune, or not to
+    prune"), ``start`` before ``begin`` and 1 after::
+
+        m(t) = start + (1 − start)·(1 − (1 − p)³),   p = clip((t − begin) / steps, 0, 1)
+
+    It rises fast at first and ends flat. As a sparsity ramp it is
+    ``target · cubic_ramp(T − t₀, begin=t₀)(t)`` (0 up to t₀, ``target`` from T
+    on), which :class:`proxopt.SparsityTarget` follows; as a
+    :class:`RegularizerScheduler` schedule it is a warm-up of the penalty. A
+    picklable callable object, so that ``RegularizerScheduler.state_dict()``
+    saves it."""
+
+    def __init__(self, steps: int, start: float = 0.0, begin: int = 0) -> None:
+        if steps <= 0:
+            raise ValueError(f"Invalid steps value: {steps} (must be > 0)")
+        if begin < 0:
+            raise ValueError(f"Invalid begin value: {begin} (must be >= 0)")
+        self.steps = int(steps)
+        self.start = float(start)
+        self.begin = int(begin)
+
+    def __call__(self, step: int) -> float:
+        if step <= self.begin:
+            return self.start
+        if step >= self.begin + self.steps:
+            return 1.0
+        return self.start + (1.0 - self.start) * (1.0 - (1.0 - (step - self.begin) / self.steps) ** 3)
+
+    def __repr__(self) -> str:
+        return f"cubic_ramp(steps={self.steps}, start={self.start}, begin={self.begin})"

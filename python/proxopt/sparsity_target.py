@@ -29,17 +29,25 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from .optimizer import ProxOptimizer
 from .regularizers import _number, integer
+from .schedules import cubic_ramp
 
 __all__ = ["SparsityTarget"]
 
-# How the step of log λ adapts (Rprop's constants: grow by 1.2, halve on a sign change).
+# How the step δ of log λ adapts, as Rprop's does: it halves when the error changes
+# sign (never below log 1.01) and grows while the error does not shrink. Rprop grows
+# by 1.2; 1.5 here, to reach a λ decades away from the initial one in fewer updates.
 _GROW, _SHRINK, _MIN_STEP = 1.5, 0.5, math.log(1.01)
 
 # What each controllable key makes zero, for messages and docs.
 CONTROLLABLE = {"l1": "exact zeros", "group_lasso": "all-zero groups along group_dim"}
 
-# The state a resumed run needs (everything else is configuration, given again).
+# The state a resumed run needs, which load_state_dict() restores.
 _STATE_KEYS = ("last_epoch", "log_scale", "error", "step_size", "measured", "base_values", "_last_value", "_step_count")
+# The configuration, given again to the constructor: load_state_dict() checks that it agrees.
+_SETTINGS = (
+    "key", "groups", "target", "by_step", "begin_step", "every",
+    "initial_change", "max_change", "tolerance", "scale_range",
+)  # fmt: skip
 
 
 class SparsityTarget(LRScheduler):
@@ -54,16 +62,18 @@ class SparsityTarget(LRScheduler):
            \ T \text{ (by\_step)},\ \Delta \text{ (every)},\\
        &\hspace{13mm} \delta_0 = \log(\text{initial\_change}),\ \delta_{max} = \log(\text{max\_change}),
            \ \epsilon \text{ (tolerance)},\ [r_{lo}, r_{hi}] \text{ (scale\_range)}\\
-       &\textbf{initialize}: u \leftarrow 0,\ \delta \leftarrow \delta_0,\ e_{prev} \leftarrow 0\\
+       &\textbf{initialize}: u \leftarrow 0,\ \delta \leftarrow \delta_0,\ e_{prev} \leftarrow \text{none}\\
        &\textbf{at each } t \ge t_0 \text{ with } \Delta \mid t:\\
        &\hspace{5mm} s(t) = s^*\big(1 - (1 - \min(1, \tfrac{t - t_0}{T - t_0}))^3\big)
-           \hspace{9mm} \text{(the ramp of Zhu \& Gupta, 2017)}\\
+           \hspace{9mm} \text{(the ramp of Zhu \& Gupta, 2017: } s^* \cdot
+           \text{cubic\_ramp}(T - t_0, \text{begin}=t_0)(t))\\
        &\hspace{5mm} z(t) = \text{fraction of exact zeros (l1) or all-zero groups
            (group\_lasso) over the controlled tensors}\\
        &\hspace{5mm} e = s(t) - z(t);\ \textbf{if } |e| > \epsilon:\\
-       &\hspace{10mm} \delta \leftarrow \max(\log 1.01,\ \delta/2) \ \textbf{if } e\,e_{prev} < 0
+       &\hspace{10mm} \textbf{if } e_{prev} \text{ is not none}:\\
+       &\hspace{15mm} \delta \leftarrow \max(\log 1.01,\ \delta/2) \ \textbf{if } e\,e_{prev} < 0
            \quad\text{(crossed the target)}\\
-       &\hspace{10mm} \delta \leftarrow \min(\delta_{max},\ 1.5\,\delta) \ \textbf{elif } |e| \ge |e_{prev}|
+       &\hspace{15mm} \delta \leftarrow \min(\delta_{max},\ 1.5\,\delta) \ \textbf{elif } |e| \ge |e_{prev}|
            \quad\text{(no progress)}\\
        &\hspace{10mm} u \leftarrow \operatorname{clip}(u + \delta\operatorname{sign}(e),\ \log r_{lo},\ \log r_{hi}),
            \quad e_{prev} \leftarrow e\\
@@ -96,6 +106,9 @@ class SparsityTarget(LRScheduler):
     Before ``begin_step`` the λ stay at their initial values (the model
     trains with them); the ramp starts from 0 at ``begin_step``. After
     ``by_step`` the target is ``s*`` and the controller keeps correcting.
+    The first update outside the dead band changes λ by exactly
+    ``initial_change`` (up if the zeros are too few, down if too many); the
+    step adapts from the second on.
 
     A measurement reads every controlled weight once (``count_nonzero`` for
     ``l1``; an ∞-norm of each group for ``group_lasso``), with no copy kept,
@@ -118,7 +131,8 @@ class SparsityTarget(LRScheduler):
             construction: it is the initial λ, which the controller scales.
         every: measure and adapt every ``every`` calls of ``step()``.
         begin_step: the step at which the ramp starts (λ is left alone before).
-        initial_change: the factor by which the first update changes λ (> 1).
+        initial_change: the factor by which the first update (outside the dead
+            band) changes λ (> 1, <= max_change).
         max_change: the largest factor by which one update may change λ.
         tolerance: errors ``|s(t) − z(t)|`` up to this leave λ unchanged.
         scale_range: the bounds of λ/λ₀ (the initial λ sets the scale).
@@ -187,7 +201,7 @@ class SparsityTarget(LRScheduler):
         self._step_count = 0
         self.log_scale = 0.0  # u: the integral, log(λ/λ₀)
         self.step_size = math.log(initial_change_v)  # δ: the change of log λ per update
-        self.error = 0.0  # e at the last update: its sign and size steer δ
+        self.error: float | None = None  # e at the last update (none before the first): its sign and size steer δ
         self.measured = self._measure()
         self._last_value = [g[key] for g in optimizer.param_groups]
 
@@ -199,11 +213,8 @@ class SparsityTarget(LRScheduler):
         return self.target_at(self.last_epoch)
 
     def target_at(self, step: int) -> float:
-        """s(t): 0 before ``begin_step``, the cubic ramp up to ``by_step``, ``target`` after."""
-        if step < self.begin_step:
-            return 0.0
-        progress = min(1.0, (step - self.begin_step) / (self.by_step - self.begin_step))
-        return self.target * (1.0 - (1.0 - progress) ** 3)
+        """s(t): 0 up to ``begin_step``, the cubic ramp up to ``by_step``, ``target`` after."""
+        return self.target * cubic_ramp(self.by_step - self.begin_step, begin=self.begin_step)(step)
 
     @torch.no_grad()
     def _measure(self) -> float:
@@ -248,9 +259,10 @@ class SparsityTarget(LRScheduler):
             return
         error = self.target_at(t) - self.measured
         if abs(error) > self.tolerance:
-            if error * self.error < 0:  # crossed the target: the last step was too long
+            previous = self.error  # None at the first update: δ stays log(initial_change)
+            if previous is not None and error * previous < 0:  # crossed the target: the last step was too long
                 self.step_size = max(_MIN_STEP, self.step_size * _SHRINK)
-            elif abs(error) >= abs(self.error):  # no progress: take longer steps
+            elif previous is not None and abs(error) >= abs(previous):  # no progress: take longer steps
                 self.step_size = min(math.log(self.max_change), self.step_size * _GROW)
             lo, hi = (math.log(r) for r in self.scale_range)
             self.log_scale = min(hi, max(lo, self.log_scale + math.copysign(self.step_size, error)))
@@ -280,23 +292,47 @@ class SparsityTarget(LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the state saved by :meth:`state_dict` and write the saved λ
-        into the controlled groups; it must come from a controller of the same
-        key and groups."""
+        into the controlled groups.
+
+        The settings come from the constructor, not from the checkpoint: each
+        one the checkpoint holds (``key``, ``groups``, ``target``, ``by_step``,
+        ``begin_step``, ``every``, ``initial_change``, ``max_change``,
+        ``tolerance``, ``scale_range``) must equal this controller's, or a
+        ValueError names the first that differs. To resume with a changed
+        setting, drop it from the dict. Nothing is modified when it raises."""
         state = dict(state_dict)
         missing = [k for k in _STATE_KEYS if k not in state]
         if missing:
             raise ValueError(f"state_dict lacks {missing}: it does not come from SparsityTarget.state_dict()")
-        for name in ("key", "groups"):
-            if name in state and state[name] != getattr(self, name):
+        unknown = sorted(k for k in state if k not in _STATE_KEYS and k not in _SETTINGS)
+        if unknown:
+            raise ValueError(f"state_dict has unknown entries {unknown}: it does not come from SparsityTarget.state_dict()")
+        for name in _SETTINGS:
+            if name not in state:
+                continue
+            saved, here = state[name], getattr(self, name)
+            if isinstance(here, (tuple, list)):
+                saved = list(saved) if isinstance(saved, (tuple, list)) else saved
+                here = list(here)
+            if saved != here:
                 raise ValueError(
-                    f"state_dict is of a SparsityTarget with {name}={state[name]!r}; this one has {name}={getattr(self, name)!r}"
+                    f"state_dict is of a SparsityTarget with {name}={state[name]!r}; this one has "
+                    f"{name}={getattr(self, name)!r} (settings come from the constructor: give the same, "
+                    f"or drop {name!r} from the state_dict)"
                 )
+        if len(state["base_values"]) != len(self.groups):
+            raise ValueError(
+                f"state_dict has initial values for {len(state['base_values'])} controlled groups; this one "
+                f"controls {len(self.groups)}"
+            )
         if len(state["_last_value"]) != len(self.optimizer.param_groups):
             raise ValueError(
                 f"state_dict has values for {len(state['_last_value'])} param groups; the optimizer has "
                 f"{len(self.optimizer.param_groups)}"
             )
-        self.__dict__.update(state)
+        for name in _STATE_KEYS:
+            value = state[name]
+            setattr(self, name, list(value) if isinstance(value, list) else value)  # no list shared with the dict
         for i in self.groups:
             self.optimizer.param_groups[i][self.key] = self._last_value[i]
 
