@@ -4,6 +4,7 @@ runs (shapes, determinism, and that each regularizer does what it claims)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -67,6 +68,55 @@ def test_espeak_voices_differ_and_unknown_voice_is_rejected():
         lib.speak("hello", "en-us+nosuchvariant")
     with pytest.raises(ValueError, match="no language 'xx-yy'"):
         lib.speak("hello", "xx-yy")
+
+
+@needs_espeak
+def test_espeak_instance_is_one_per_library():
+    lib = C.espeak_library()
+    a = C.open_espeak(["/nonexistent/libespeak-ng.so.1", lib._lib._name])
+    assert a is lib and C.open_espeak([lib._lib._name]) is lib  # the callback is registered once, by lib
+    with pytest.raises(RuntimeError, match="already has its Espeak instance"):
+        C.Espeak(lib._lib)
+
+
+def _exit_3(*args):
+    os._exit(3)
+
+
+def _keyboard_interrupt(*args):
+    raise KeyboardInterrupt
+
+
+def _raise_in_callback(*args):
+    raise ValueError("boom in the synth callback")
+
+
+CHILD_FAILURES = [
+    # (label, what to patch: (object or module attribute path, name, value), expected error, message)
+    ("child exits", ("lib", "_speak_here", _exit_3), RuntimeError, "failed \\(exit status 3\\) synthesizing 'hello'"),
+    ("unpicklable result", ("lib", "_speak_here", lambda *a: lambda: None), RuntimeError, "could not send .* synthesizing 'hello'"),
+    ("interrupted while sending", ("C", "pickle", "dumps-raises"), RuntimeError, "failed \\(exit status 1\\) synthesizing 'hello'"),
+    ("error in the synth callback", ("C", "PhonemeEvent", _raise_in_callback), ValueError, "boom in the synth callback"),
+]
+
+
+@needs_espeak
+@pytest.mark.parametrize("label,patch,error,message", CHILD_FAILURES, ids=[c[0] for c in CHILD_FAILURES])
+def test_espeak_child_failures_raise_in_the_parent(monkeypatch, label, patch, error, message):
+    import pickle
+    import types
+
+    lib = C.espeak_library()
+    where, name, value = patch
+    if value == "dumps-raises":  # the child's pickle.dumps raises a BaseException: it must still exit, status 1
+        value = types.SimpleNamespace(dumps=_keyboard_interrupt, loads=pickle.loads)
+    monkeypatch.setattr(lib if where == "lib" else C, name, value)
+    me = os.getpid()
+    with pytest.raises(error, match=message):
+        lib.speak("hello", "en-us+m3")
+    assert os.getpid() == me  # the parent, not an escaped child
+    monkeypatch.undo()
+    assert len(lib.speak("hello", "en-us+m3").phonemes) >= 3  # and the library still works
 
 
 def test_missing_library_raises_with_install_hint():
@@ -178,11 +228,59 @@ def test_format_round_trip_and_split(tmp_path):
     assert sorted(np.concatenate(list(split.values())).tolist()) == [0, 1] and len(split["test_voices"]) == 1
     with pytest.raises(ValueError, match="Invalid speakers value: 2"):
         back.with_held_out(speakers=2)
+    with pytest.raises(ValueError, match="Invalid speakers value: 0 .*test_voices must not be empty"):
+        back.with_held_out(speakers=0)
     with pytest.raises(FileNotFoundError):
         C.load_tts_corpus(tmp_path / "nope.npz")
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(D.CorpusFormatError, match="not a readable .npz"):
         C.load_tts_corpus(tmp_path / "junk.npz")
+
+
+def test_evaluate_rejects_an_empty_split():
+    corpus = dataclasses.replace(
+        C.validate_tts_corpus(_valid_arrays()), held_out_speakers=np.array([1]), held_out_sentences=np.array([], np.int64)
+    )
+    data = tts.TTSData.from_corpus(corpus)
+    assert len(data.splits["test_sentences"]) == 0 and len(data.splits["test_voices"]) == 1
+    torch.manual_seed(0)
+    model = ProsodyTTS(data.n_phonemes, 2, 4, dim=8, encoder_layers=1, decoder_layers=1, latent_dim=2)
+    with pytest.raises(ValueError, match="Invalid split: 'test_sentences' has no utterances"):
+        tts.evaluate(model, data, "test_sentences")
+    assert all(np.isfinite(v) for v in tts.evaluate(model, data, "test_voices").values())
+
+
+RUNS_ERRORS = [
+    # (label, text, expected message)
+    ("unknown", "dense,nope", "Invalid --runs value: \\['nope'\\]"),
+    ("empty", " , ", "Invalid --runs value: ' , '"),
+    ("twice", "dense,kl,dense", "Invalid --runs value: 'dense,kl,dense' lists dense more than once"),
+]
+
+
+@pytest.mark.parametrize("label,text,message", RUNS_ERRORS, ids=[r[0] for r in RUNS_ERRORS])
+def test_parse_runs_rejects_unknown_empty_and_repeated_runs(label, text, message):
+    with pytest.raises(ValueError, match=message):
+        tts.parse_runs(text)
+    with pytest.raises(ValueError, match=message.replace("--runs", "--show")):
+        tts.parse_runs(text, "--show")
+    with pytest.raises(SystemExit):  # the command line reports it
+        tts.main(["--runs", text])
+    assert tts.parse_runs("kl, dense") == ["kl", "dense"]
+
+
+def test_run_result_to_dict_does_not_copy_the_models():
+    class NoCopy(torch.nn.Module):
+        def __deepcopy__(self, memo):
+            raise AssertionError("to_dict deep-copied a model")
+
+    values = {f.name: 0 for f in dataclasses.fields(tts.TTSRunResult)}
+    values.update(run="dense", label="x", metrics={"test_sentences": {"l1": 1.0}}, losses=[1.0], model=NoCopy(), pruned_model=NoCopy())
+    r = tts.TTSRunResult(**values)
+    d = r.to_dict()
+    assert "model" not in d and "pruned_model" not in d and "losses" not in d
+    assert d["metrics"] == r.metrics and d["metrics"] is not r.metrics and d["step_ms"] == 0.0
+    json.dumps(d)
 
 
 # --------------------------------------------------------------------------

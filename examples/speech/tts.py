@@ -69,12 +69,13 @@ match), 1e-3 nearly so.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +89,7 @@ from proxopt.penalties import gaussian_kl_penalty, l2_penalty
 from . import data as D
 from . import tts_corpus as C
 from .features import dct_matrix
-from .runs import compare_inference, environment
+from .runs import _schedule, compare_inference, environment
 from .tts_model import ProsodyTTS
 
 RUN_LABELS = {
@@ -146,11 +147,15 @@ class TTSConfig:
             raise ValueError(f"Invalid prox_metric: {self.prox_metric!r} ('adaptive' or 'euclidean')")
 
 
-def parse_runs(text: str) -> list[str]:
+def parse_runs(text: str, option: str = "--runs") -> list[str]:
+    """The run names of ``option``'s comma-separated value: known, each once."""
     runs = [r.strip() for r in text.split(",") if r.strip()]
     bad = [r for r in runs if r not in RUN_NAMES]
     if bad or not runs:
-        raise ValueError(f"Invalid runs: {bad or text!r} (choose from {', '.join(RUN_NAMES)})")
+        raise ValueError(f"Invalid {option} value: {bad or text!r} (choose from {', '.join(RUN_NAMES)})")
+    twice = sorted({r for r in runs if runs.count(r) > 1})
+    if twice:
+        raise ValueError(f"Invalid {option} value: {text!r} lists {', '.join(twice)} more than once")
     return runs
 
 
@@ -275,10 +280,12 @@ def predict(model: ProsodyTTS, data: TTSData, i: int, latent: str = "prior") -> 
 @torch.no_grad()
 def evaluate(model: ProsodyTTS, data: TTSData, split: str, latent: str = "prior") -> dict[str, float]:
     """Frame-averaged log-mel L1, MSE and MCD of ``split``, and the posterior's KL per utterance."""
+    idx = data.splits[split]
+    if len(idx) == 0:
+        raise ValueError(f"Invalid split: {split!r} has no utterances (nothing to evaluate)")
     model.eval()
     l1 = mse = dist = kl = 0.0
     frames = 0
-    idx = data.splits[split]
     for i in idx:
         ph, du, _, mel = data.batch([i])
         out = model(ph, du, speaker_vectors(model, data, np.array([i])), mel, latent=latent)
@@ -289,8 +296,9 @@ def evaluate(model: ProsodyTTS, data: TTSData, split: str, latent: str = "prior"
         dist += float(mcd(pred, target).sum())
         kl += float(gaussian_kl_penalty(out.mean, out.log_var))
         frames += target.shape[1]
-    n = max(1, len(idx))
-    return {"l1": l1 / frames, "mse": mse / frames, "mcd": dist / frames, "kl": kl / n}
+    if frames == 0:
+        raise ValueError(f"Invalid split: the {len(idx)} utterances of {split!r} have no frames (nothing to evaluate)")
+    return {"l1": l1 / frames, "mse": mse / frames, "mcd": dist / frames, "kl": kl / len(idx)}
 
 
 # --------------------------------------------------------------------------
@@ -350,17 +358,6 @@ def make_optimizer(run: str, model: ProsodyTTS, cfg: TTSConfig) -> tuple[torch.o
     return opt, regularized, project
 
 
-def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    w = max(1, int(round(warmup * total)))
-
-    def factor(step: int) -> float:
-        if step < w:
-            return (step + 1) / w
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - w) / max(1, total - w))))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 # --------------------------------------------------------------------------
 # Training one run
 # --------------------------------------------------------------------------
@@ -398,7 +395,8 @@ class TTSRunResult:
         return 1e3 * self.step_time_s / max(1, self.steps)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k not in ("model", "pruned_model", "losses")}
+        skip = ("model", "pruned_model", "losses")  # the models are not copied (asdict would deep-copy them)
+        d = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name not in skip}
         d["step_ms"] = self.step_ms
         d["zero_fraction"] = self.zeros / max(1, self.weights)
         return d
@@ -768,7 +766,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         runs = parse_runs(args.runs)
-        show = parse_runs(args.show) if args.show else []
+        show = parse_runs(args.show, "--show") if args.show else []
     except ValueError as e:
         p.error(str(e))
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True))

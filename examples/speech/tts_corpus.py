@@ -104,7 +104,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import numpy as np
 
@@ -206,12 +206,16 @@ class TTSCorpus:
 
     def with_held_out(self, sentence_fraction: float = 0.15, speakers: int = 1, seed: int = 0) -> "TTSCorpus":
         """A copy whose held-out sets are a seeded choice of ``speakers`` speakers
-        and ``sentence_fraction`` of the sentences (kept when the file has them)."""
+        (at least one, and at least one left to train) and ``sentence_fraction``
+        of the sentences (kept when the file has them)."""
         if not 0.0 < sentence_fraction < 1.0:
             raise ValueError(f"Invalid sentence_fraction value: {sentence_fraction} (a fraction in (0, 1))")
         n_spk = len(np.unique(self.speakers))
-        if not 0 <= speakers < n_spk:
-            raise ValueError(f"Invalid speakers value: {speakers} (the corpus has {n_spk} speakers; at least one must train)")
+        if not 1 <= speakers < n_spk:
+            raise ValueError(
+                f"Invalid speakers value: {speakers} (need 1 <= speakers < {n_spk}, the corpus's speakers: "
+                "test_voices must not be empty and at least one speaker must train)"
+            )
         rng = np.random.default_rng([seed, 11])
         spk, sen = self.held_out_speakers, self.held_out_sentences
         if spk is None:
@@ -506,15 +510,33 @@ class Spoken(NamedTuple):
     phonemes: list[PhonemeEvent]
 
 
+# One Espeak per loaded library (keyed by its dlopen handle, the same whatever
+# name loaded it), kept for the life of the process: the library's synth
+# callback is global, so a second instance would re-initialise the library and
+# take the callback over, and a collected instance would leave the library
+# calling freed code. Each instance holds its CFUNCTYPE callback.
+_INSTANCES: dict[int, "Espeak"] = {}
+_INSTANCES_LOCK = threading.RLock()
+
+
 class Espeak:
     """libespeak-ng: audio and phoneme events of a text.
 
-    The library keeps global state, so there is one instance per process
-    (:func:`espeak_library`), initialised here and never used for synthesis
-    here: :meth:`speak` synthesizes in a forked child (POSIX only), one call
-    at a time."""
+    The library keeps global state (its synth callback among it), so there is
+    one instance per loaded library, for the life of the process: get it from
+    :func:`open_espeak` or :func:`espeak_library`, not by calling the class.
+    It initialises the library and never synthesizes in this process:
+    :meth:`speak` synthesizes in a forked child (POSIX only), one call at a
+    time."""
 
     def __init__(self, lib: ctypes.CDLL) -> None:
+        with _INSTANCES_LOCK:
+            if lib._handle in _INSTANCES:
+                raise RuntimeError(f"{lib._name} already has its Espeak instance: use open_espeak(), which returns it")
+            self._initialise(lib)
+            _INSTANCES[lib._handle] = self
+
+    def _initialise(self, lib: ctypes.CDLL) -> None:
         self._lib = lib
         lib.espeak_Initialize.restype = ctypes.c_int
         lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
@@ -534,20 +556,30 @@ class Espeak:
         self.data_path = Path(data_path.value.decode()) if data_path.value else None
         self._chunks: list[np.ndarray] = []
         self._events: list[PhonemeEvent] = []
-        self._callback = _SynthCallback(self._on_synth)  # kept alive as long as the library may call it
+        self._callback_error: BaseException | None = None
+        self._callback = _SynthCallback(self._on_synth)  # registered once; the instance lives as long as the process
         lib.espeak_SetSynthCallback(self._callback)
         self._lock = threading.Lock()
 
     def _on_synth(self, wav, n, events) -> int:
-        if n > 0:
-            self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-        i = 0
-        while events[i].type != _EVENT_LIST_TERMINATED:
-            e = events[i]
-            if e.type == _EVENT_PHONEME:
-                name = e.id.string.decode("utf-8", errors="replace")  # .value: up to the NUL, or all 8 bytes
-                self._events.append(PhonemeEvent(name, int(e.sample), int(e.audio_position), int(e.text_position)))
-            i += 1
+        """The synth callback: keeps the audio and the phoneme events. An
+        exception here would be printed and dropped by ctypes (synthesis going
+        on with missing audio), so it is stored, synthesis is aborted (return
+        1) and :meth:`_speak_here` raises it once ``espeak_Synth`` returns."""
+        try:
+            if n > 0:
+                self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
+            i = 0
+            while events[i].type != _EVENT_LIST_TERMINATED:
+                e = events[i]
+                if e.type == _EVENT_PHONEME:
+                    name = e.id.string.decode("utf-8", errors="replace")  # .value: up to the NUL, or all 8 bytes
+                    self._events.append(PhonemeEvent(name, int(e.sample), int(e.audio_position), int(e.text_position)))
+                i += 1
+        except BaseException as e:  # noqa: BLE001 -- re-raised after espeak_Synth returns
+            if self._callback_error is None:
+                self._callback_error = e
+            return 1  # abort synthesis
         return 0  # continue synthesis
 
     def variants(self) -> frozenset[str] | None:
@@ -568,28 +600,55 @@ class Espeak:
         known = self.variants()
         if variant and known is not None and variant not in known:  # espeak-ng would silently use the default
             raise ValueError(f"Invalid voice: {voice!r} (espeak-ng has no variant {variant!r})")
+        call = f"synthesizing {text!r} with voice {voice!r} (rate {rate}, pitch {pitch})"
         with self._lock:
             read_fd, write_fd = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # the child: synthesize, send the result (or the error), exit without cleanup
+            try:
+                pid = os.fork()
+            except BaseException:
                 os.close(read_fd)
-                try:
-                    result: Any = self._speak_here(text, voice, rate, pitch)
-                except BaseException as e:  # noqa: BLE001 -- every error goes back to the parent
-                    result = e
-                with os.fdopen(write_fd, "wb") as f:
-                    pickle.dump(result, f)
-                os._exit(0)
+                os.close(write_fd)
+                raise
+            if pid == 0:
+                self._child(read_fd, write_fd, call, text, voice, rate, pitch)  # never returns
             os.close(write_fd)
-            with os.fdopen(read_fd, "rb") as f:
-                blob = f.read()
-            os.waitpid(pid, 0)
+            try:
+                with os.fdopen(read_fd, "rb") as f:
+                    blob = f.read()
+            finally:
+                _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            how = f"was killed by signal {-code}" if code < 0 else f"failed (exit status {code})"
+            raise RuntimeError(f"espeak-ng's child process {how} {call}")
         if not blob:
-            raise RuntimeError(f"espeak-ng's child process died synthesizing {text!r} with voice {voice!r}")
+            raise RuntimeError(f"espeak-ng's child process sent nothing back {call}")
         result = pickle.loads(blob)
         if isinstance(result, BaseException):
             raise result
         return result
+
+    def _child(self, read_fd: int, write_fd: int, call: str, text: str, voice: str, rate: int, pitch: int) -> NoReturn:
+        """The forked child of :meth:`speak`: synthesize, send the pickled
+        result (or the error) down the pipe and exit without cleanup: exit
+        status 0 once it is sent, 1 if anything failed. Never returns or raises
+        into the parent's code (whose copy the child is)."""
+        ok = False
+        try:
+            os.close(read_fd)
+            try:
+                result: Any = self._speak_here(text, voice, rate, pitch)
+            except BaseException as e:  # noqa: BLE001 -- every error goes back to the parent
+                result = e
+            try:
+                blob = pickle.dumps(result)
+            except Exception as e:  # noqa: BLE001 -- an unpicklable result or error: send its description
+                blob = pickle.dumps(RuntimeError(f"espeak-ng's child process could not send {result!r} back ({e!r}) {call}"))
+            with os.fdopen(write_fd, "wb") as f:
+                f.write(blob)
+            ok = True
+        finally:
+            os._exit(0 if ok else 1)
 
     def _speak_here(self, text: str, voice: str, rate: int, pitch: int) -> Spoken:
         language = voice.partition("+")[0]
@@ -598,10 +657,12 @@ class Espeak:
             raise ValueError(f"Invalid voice: {voice!r} (espeak-ng has no language {language!r})")
         self._lib.espeak_SetParameter(_RATE, int(rate), 0)
         self._lib.espeak_SetParameter(_PITCH, int(pitch), 0)
-        self._chunks, self._events = [], []
+        self._chunks, self._events, self._callback_error = [], [], None
         err = self._lib.espeak_Synth(blob, len(blob), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        chunks, events = self._chunks, self._events
-        self._chunks, self._events = [], []
+        chunks, events, callback_error = self._chunks, self._events, self._callback_error
+        self._chunks, self._events, self._callback_error = [], [], None
+        if callback_error is not None:
+            raise callback_error
         if err != _EE_OK:
             raise RuntimeError(f"espeak_Synth failed ({err}) for {text!r} with voice {voice!r}")
         audio = (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
@@ -629,7 +690,9 @@ def espeak_library() -> Espeak:
 
 
 def open_espeak(candidates: Sequence[str]) -> Espeak:
-    """Load the first of ``candidates`` (library names or paths) that loads."""
+    """The :class:`Espeak` of the first of ``candidates`` (library names or
+    paths) that loads: made and initialised on the first call for that
+    library, the same instance on every later call (whatever name reaches it)."""
     errors = []
     for name in candidates:
         try:
@@ -637,7 +700,8 @@ def open_espeak(candidates: Sequence[str]) -> Espeak:
         except OSError as e:
             errors.append(str(e))
             continue
-        return Espeak(lib)
+        with _INSTANCES_LOCK:
+            return _INSTANCES.get(lib._handle) or Espeak(lib)
     raise D.EspeakUnavailableError(
         f"libespeak-ng (the espeak-ng C library, Debian's libespeak-ng1) was not found ({'; '.join(errors)}): "
         f"{D.ESPEAK_INSTALL_HINT}; or set {LIBESPEAK_ENV} to the library's path"
