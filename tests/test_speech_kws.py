@@ -102,7 +102,11 @@ def test_denoise_sweep_lower_loss_wins(tiny_corpus, tmp_path, capsys):
     assert mag["weight_zero_fraction"] == pytest.approx(0.9, abs=1e-4)
     (v,) = report["verdicts"]
     loss = {p["run"]: p["val_loss"] for p in report["points"]}
-    assert v["winner"] == min(("prox-l1", "magnitude"), key=loss.get) and not v["higher_is_better"]
+    zeros = {p["run"]: p["weight_zero_fraction"] for p in report["points"]}
+    best, other = sorted(("prox-l1", "magnitude"), key=loss.get)
+    assert v["ranking"] == [best, other] and not v["higher_is_better"]
+    # the lower loss wins, unless it came with fewer zeros (a 2-epoch run's controller may land short)
+    assert v["winner"] == (None if zeros[other] > zeros[best] + 0.01 else best)
     assert "val loss, lower is better" in printed and v["line"] in printed
     pytest.importorskip("matplotlib")
     assert (out / "denoise.png").stat().st_size > 10_000

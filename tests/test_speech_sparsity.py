@@ -195,7 +195,24 @@ def test_verdicts_say_who_wins_by_how_much():
     (v,) = sweep.verdicts([_curve("prox-l1", 0.8, [0.41, 0.43], [0.8, 0.8]), _curve("magnitude", 0.8, [0.40, 0.42], [0.8, 0.8])], "val_loss", False)
     assert v["ranking"] == ["magnitude", "prox-l1"] and "magnitude ahead of prox-l1 by 0.0100 (within the seed spread)" in v["line"]
     (v,) = sweep.verdicts([_curve("prox-l1", 0.8, [0.30], [0.8]), _curve("magnitude", 0.8, [0.40], [0.8])], "val_loss", False)
-    assert v["winner"] == "prox-l1" and "prox-l1 ahead of magnitude by 0.1000 (the seed ranges do not overlap)" in v["line"]
+    assert v["winner"] == "prox-l1" and "prox-l1 ahead of magnitude by 0.1000 (one seed: no spread)" in v["line"]
+    assert v["gaps"][0]["ranges_apart"] is None
+    (v,) = sweep.verdicts([_curve("prox-l1", 0.8, [0.30, 0.31], [0.8, 0.8]), _curve("magnitude", 0.8, [0.40, 0.41], [0.8, 0.8])], "val_loss", False)
+    assert v["winner"] == "prox-l1" and "(the seed ranges do not overlap)" in v["line"]
+
+
+def test_ahead_while_less_sparse_is_no_win():
+    # the controller landed 3 points short of 90 %: its better accuracy is not a win at equal sparsity
+    short = [_curve("prox-l1", 0.9, [0.98, 0.98], [0.87, 0.87]), _curve("magnitude", 0.9, [0.96, 0.96], [0.9, 0.9])]
+    (v,) = sweep.verdicts(short, "accuracy", higher_is_better=True)
+    assert v["ranking"] == ["prox-l1", "magnitude"] and v["winner"] is None
+    assert "not a win at equal sparsity: prox-l1 is less sparse than magnitude by more than 1 point" in v["line"]
+    # sparser than the other and ahead: a win
+    over = [_curve("prox-l1", 0.9, [0.98, 0.98], [0.93, 0.93]), _curve("magnitude", 0.9, [0.96, 0.96], [0.9, 0.9])]
+    assert sweep.verdicts(over, "accuracy", higher_is_better=True)[0]["winner"] == "prox-l1"
+    # behind while less sparse: the other method wins
+    behind = [_curve("prox-l1", 0.9, [0.94, 0.94], [0.87, 0.87]), _curve("magnitude", 0.9, [0.96, 0.96], [0.9, 0.9])]
+    assert sweep.verdicts(behind, "accuracy", higher_is_better=True)[0]["winner"] == "magnitude"
 
 
 # --------------------------------------------------------------------------

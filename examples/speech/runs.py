@@ -395,6 +395,8 @@ def _build_prox_group(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Reg
     # group lasso empty whole middle layers: measured, the run fell to
     # chance). The output layer's columns follow the last hidden layer.
     layers = channel_layers(model)
+    if not layers:
+        raise ValueError("Invalid model for a channel target: it has no Conv/Linear layer before the output layer")
     by_layer = [{"params": [m.weight], "weight_decay": cfg.weight_decay, "group_lasso": cfg.group_lasso} for m in layers]
     chosen = {id(m.weight) for m in layers}
     rest = [{**g, "params": [p for p in g["params"] if id(p) not in chosen]} for g in groups]
@@ -467,20 +469,6 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.op
 # --------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def time_inference(model: nn.Module, x: Tensor, reps: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of ``model(x)`` in eval mode on the CPU."""
-    model.eval()
-    for _ in range(warmup):
-        model(x)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 @torch.inference_mode()

@@ -266,10 +266,18 @@ def _is_controlled(c: CurvePoint) -> bool:
     return c.target is not None and c.run.startswith("prox-")
 
 
+# A method ahead at a target wins only if it is at least as sparse as the
+# others, to within this (the ±1 point the controller is asked to land in):
+# ahead while less sparse is not a win at equal sparsity.
+EQUAL_SPARSITY = 0.01
+
+
 def verdicts(points: Sequence[CurvePoint], primary: str, higher_is_better: bool) -> list[dict[str, Any]]:
     """Per target (of each kind): the methods ranked by mean metric, the gap
-    from the best to each other one, whether their seed ranges overlap, and
-    where each method's final sparsity landed against the target. Each
+    from the best to each other one, whether their seed ranges overlap (None
+    with one seed), and where each method's final sparsity landed against
+    the target. The best method is the ``winner`` unless it tied or landed
+    less sparse than another by more than :data:`EQUAL_SPARSITY`. Each
     verdict has a one-line ``line``."""
     sign = 1.0 if higher_is_better else -1.0
     out = []
@@ -284,13 +292,15 @@ def verdicts(points: Sequence[CurvePoint], primary: str, higher_is_better: bool)
         for other in methods[1:]:
             gap = sign * (best.metric.mean - other.metric.mean)
             # ranges apart: the worst seed of the winner beats the best seed of the other
-            apart = sign * (min(best.metric.values, key=lambda v: sign * v) - max(other.metric.values, key=lambda v: sign * v)) > 0
+            apart = None
+            if len(best.metric.values) > 1 and len(other.metric.values) > 1:
+                apart = sign * (min(best.metric.values, key=lambda v: sign * v) - max(other.metric.values, key=lambda v: sign * v)) > 0
             gaps.append({"vs": other.run, "gap": gap, "ranges_apart": apart})
+            spread = {None: " (one seed: no spread)", True: " (the seed ranges do not overlap)", False: " (within the seed spread)"}[apart]
             if gap == 0:
                 line += f": {best.run} and {other.run} tied"
             else:
-                line += (f": {best.run} ahead of {other.run} by {_gap_text(primary, gap)}"
-                         + (" (the seed ranges do not overlap)" if apart else " (within the seed spread)"))  # fmt: skip
+                line += f": {best.run} ahead of {other.run} by {_gap_text(primary, gap)}" + spread
         if len(methods) == 1:
             line += " (no other method at this target)"
         landing = []
@@ -300,9 +310,13 @@ def verdicts(points: Sequence[CurvePoint], primary: str, higher_is_better: bool)
             landing.append(f"{who} landed at {100 * c.sparsity.mean:.1f} % ({off:+.1f} points"
                            + (f", seeds {100 * c.sparsity.lo:.1f}–{100 * c.sparsity.hi:.1f} %)" if len(c.seeds) > 1 else ")"))  # fmt: skip
         line += "; " + ", ".join(landing)
+        denser = [c.run for c in methods[1:] if c.sparsity.mean > best.sparsity.mean + EQUAL_SPARSITY]
+        if denser:
+            line += (f"; not a win at equal sparsity: {best.run} is less sparse than {', '.join(denser)} "
+                     f"by more than {100 * EQUAL_SPARSITY:g} point")  # fmt: skip
         out.append({
             "kind": kind, "target": target, "metric": primary, "higher_is_better": higher_is_better,
-            "winner": best.run if gaps and gaps[0]["gap"] != 0 else None, "ranking": [c.run for c in methods], "gaps": gaps,
+            "winner": best.run if gaps and gaps[0]["gap"] != 0 and not denser else None, "ranking": [c.run for c in methods], "gaps": gaps,
             "landed": {c.run: {**c.sparsity.to_dict(), "off_by": c.sparsity.mean - target} for c in methods},
             "seeds": list(best.seeds), "line": line,
         })  # fmt: skip
