@@ -158,7 +158,8 @@ class Corpus:
         )
 
 
-def _err(path: str, msg: str) -> CorpusFormatError:
+def format_error(path: str, msg: str) -> CorpusFormatError:
+    """The error for a problem ``msg`` in the corpus file ``path`` (named first)."""
     return CorpusFormatError(f"{path}: {msg}")
 
 
@@ -167,12 +168,12 @@ def _as_utterances(path: str, key: str, value: np.ndarray, ndim: int) -> list[np
     what = "[frames, dims]" if ndim == 2 else "[samples]"
     if value.dtype == object:
         if value.ndim != 1:
-            raise _err(path, f"'{key}' must be a 1-D object array of {what} arrays, got shape {value.shape}")
+            raise format_error(path, f"'{key}' must be a 1-D object array of {what} arrays, got shape {value.shape}")
         items = list(value)
     elif value.ndim == ndim + 1:
         items = list(value)
     else:
-        raise _err(
+        raise format_error(
             path,
             f"'{key}' must be an object array of {what} arrays or one array of {ndim + 1} dims, "
             f"got dtype {value.dtype} and shape {value.shape}",
@@ -181,15 +182,15 @@ def _as_utterances(path: str, key: str, value: np.ndarray, ndim: int) -> list[np
     for i, item in enumerate(items):
         arr = np.asarray(item)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise _err(path, f"{key}[{i}] has dtype {arr.dtype}; expected float32 {what}")
+            raise format_error(path, f"{key}[{i}] has dtype {arr.dtype}; expected float32 {what}")
         if arr.ndim != ndim:
-            raise _err(path, f"{key}[{i}] has shape {arr.shape}; expected {what}")
+            raise format_error(path, f"{key}[{i}] has shape {arr.shape}; expected {what}")
         if arr.size == 0 or arr.shape[0] == 0:
-            raise _err(path, f"{key}[{i}] is empty (shape {arr.shape})")
+            raise format_error(path, f"{key}[{i}] is empty (shape {arr.shape})")
         arr = arr.astype(np.float32, copy=False)
         if not np.isfinite(arr).all():
             bad = "NaN" if np.isnan(arr).any() else "Inf"
-            raise _err(path, f"{key}[{i}] contains {bad} values")
+            raise format_error(path, f"{key}[{i}] contains {bad} values")
         out.append(arr)
     return out
 
@@ -199,7 +200,7 @@ def _names(path: str, key: str, value: np.ndarray | None, n: int) -> list[str] |
         return None
     names = [str(x) for x in np.asarray(value).reshape(-1)]
     if len(names) < n:
-        raise _err(path, f"'{key}' has {len(names)} names but the ids go up to {n - 1}")
+        raise format_error(path, f"'{key}' has {len(names)} names but the ids go up to {n - 1}")
     return names
 
 
@@ -214,7 +215,7 @@ def _unknown_key_error(path: str, key: str) -> CorpusFormatError:
 
     guess = _KEY_HINTS.get(key.lower()) or next(iter(difflib.get_close_matches(key, KEYS, n=1)), None)
     hint = f" (did you mean '{guess}'?)" if guess else ""
-    return _err(path, f"unknown key '{key}'{hint}; the format's keys are {', '.join(KEYS)}")
+    return format_error(path, f"unknown key '{key}'{hint}; the format's keys are {', '.join(KEYS)}")
 
 
 def validate_corpus(data: dict[str, Any], path: str = "<corpus>") -> Corpus:
@@ -226,22 +227,22 @@ def validate_corpus(data: dict[str, Any], path: str = "<corpus>") -> Corpus:
         if key not in KEYS:
             raise _unknown_key_error(path, key)
     if "labels" not in data:
-        raise _err(path, f"missing key 'labels' (found keys: {', '.join(keys) or 'none'})")
+        raise format_error(path, f"missing key 'labels' (found keys: {', '.join(keys) or 'none'})")
     if "features" not in data and "audio" not in data:
-        raise _err(path, f"missing key 'features' or 'audio' (found keys: {', '.join(keys)}); one of them is required")
+        raise format_error(path, f"missing key 'features' or 'audio' (found keys: {', '.join(keys)}); one of them is required")
     labels = np.asarray(data["labels"])
     if labels.ndim != 1:
-        raise _err(path, f"'labels' must be 1-D, got shape {labels.shape}")
+        raise format_error(path, f"'labels' must be 1-D, got shape {labels.shape}")
     if labels.size == 0:
-        raise _err(path, "'labels' is empty: the corpus has no utterances")
+        raise format_error(path, "'labels' is empty: the corpus has no utterances")
     if not np.issubdtype(labels.dtype, np.integer):
         if np.issubdtype(labels.dtype, np.floating) and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
             labels = labels.astype(np.int64)
         else:
-            raise _err(path, f"'labels' must be integers (int64), got dtype {labels.dtype}")
+            raise format_error(path, f"'labels' must be integers (int64), got dtype {labels.dtype}")
     labels = labels.astype(np.int64)
     if labels.min() < 0:
-        raise _err(path, f"'labels' has negative class index {int(labels.min())}")
+        raise format_error(path, f"'labels' has negative class index {int(labels.min())}")
     n = len(labels)
     n_classes = int(labels.max()) + 1
 
@@ -250,29 +251,29 @@ def validate_corpus(data: dict[str, Any], path: str = "<corpus>") -> Corpus:
     if "features" in data:
         features = _as_utterances(path, "features", np.asarray(data["features"], dtype=None), 2)
         if len(features) != n:
-            raise _err(path, f"'labels' has {n} entries but 'features' has {len(features)} utterances")
+            raise format_error(path, f"'labels' has {n} entries but 'features' has {len(features)} utterances")
         dims = features[0].shape[1]
         for i, f in enumerate(features):
             if f.shape[1] != dims:
-                raise _err(path, f"features[{i}] has {f.shape[1]} dims but features[0] has {dims}")
+                raise format_error(path, f"features[{i}] has {f.shape[1]} dims but features[0] has {dims}")
     if "audio" in data:
         audio = _as_utterances(path, "audio", np.asarray(data["audio"], dtype=None), 1)
         if len(audio) != n:
-            raise _err(path, f"'labels' has {n} entries but 'audio' has {len(audio)} waveforms")
+            raise format_error(path, f"'labels' has {n} entries but 'audio' has {len(audio)} waveforms")
         if "sample_rate" not in data:
-            raise _err(path, "'audio' is present but 'sample_rate' is missing")
+            raise format_error(path, "'audio' is present but 'sample_rate' is missing")
         sr = np.asarray(data["sample_rate"])
         if sr.size != 1 or not np.isfinite(sr.astype(np.float64)).all() or float(sr.reshape(())) <= 0:
-            raise _err(path, f"'sample_rate' must be one positive number, got {sr!r}")
+            raise format_error(path, f"'sample_rate' must be one positive number, got {sr!r}")
         sample_rate = int(sr.reshape(()))
 
     groups = None
     if data.get("groups") is not None:
         groups = np.asarray(data["groups"])
         if groups.shape != (n,):
-            raise _err(path, f"'groups' has shape {groups.shape} but 'labels' has {n} entries")
+            raise format_error(path, f"'groups' has shape {groups.shape} but 'labels' has {n} entries")
         if not np.issubdtype(groups.dtype, np.integer):
-            raise _err(path, f"'groups' must be integer speaker/voice ids, got dtype {groups.dtype}")
+            raise format_error(path, f"'groups' must be integer speaker/voice ids, got dtype {groups.dtype}")
         groups = groups.astype(np.int64)
     label_names = _names(path, "label_names", data.get("label_names"), n_classes)
     if label_names is None:
@@ -339,16 +340,21 @@ def save_corpus(
     if group_names is not None:
         data["group_names"] = np.asarray(list(group_names), dtype=str)
     validate_corpus(data, str(path))
+    return write_npz(path, data)
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """``numpy.savez`` to a temporary name beside ``path``, then a rename: a
+    crash never leaves a half-written corpus. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # write to a temporary name, then rename: a crash never leaves a half file
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
     os.close(fd)
     try:
-        np.savez(tmp, **data)
+        np.savez(tmp, **arrays)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

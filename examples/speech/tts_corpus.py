@@ -98,7 +98,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -257,37 +256,33 @@ class TTSCorpus:
 # --------------------------------------------------------------------------
 
 
-def _err(path: str, msg: str) -> D.CorpusFormatError:
-    return D.CorpusFormatError(f"{path}: {msg}")
-
-
 def _ints(path: str, data: dict, key: str, ndim: int = 1) -> np.ndarray:
     a = np.asarray(data[key])
     if a.ndim != ndim:
-        raise _err(path, f"'{key}' must be {ndim}-D, got shape {a.shape}")
+        raise D.format_error(path, f"'{key}' must be {ndim}-D, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise _err(path, f"'{key}' must be integers (int64), got dtype {a.dtype}")
+        raise D.format_error(path, f"'{key}' must be integers (int64), got dtype {a.dtype}")
     return a.astype(np.int64)
 
 
 def _strings(path: str, data: dict, key: str) -> list[str]:
     a = np.asarray(data[key])
     if a.ndim != 1 or not (a.dtype.kind in "US"):
-        raise _err(path, f"'{key}' must be a 1-D array of strings, got dtype {a.dtype} and shape {a.shape}")
+        raise D.format_error(path, f"'{key}' must be a 1-D array of strings, got dtype {a.dtype} and shape {a.shape}")
     return [str(x) for x in a]
 
 
 def _scalar(path: str, data: dict, key: str) -> float:
     a = np.asarray(data[key])
     if a.size != 1 or a.dtype.kind not in "iuf":
-        raise _err(path, f"'{key}' must be one number, got {a!r}")
+        raise D.format_error(path, f"'{key}' must be one number, got {a!r}")
     return float(a.reshape(()))
 
 
 def _ids_in_range(path: str, key: str, ids: np.ndarray, n: int, what: str) -> None:
     if ids.size and (ids.min() < 0 or ids.max() >= n):
         bad = int(ids[(ids < 0) | (ids >= n)][0])
-        raise _err(path, f"'{key}' has id {bad} out of range: {what} has {n} entries (ids 0..{n - 1})")
+        raise D.format_error(path, f"'{key}' has id {bad} out of range: {what} has {n} entries (ids 0..{n - 1})")
 
 
 def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorpus:
@@ -296,17 +291,17 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
     Raises :class:`examples.speech.data.CorpusFormatError` naming the first problem."""
     for key in sorted(data):
         if key not in KEYS:
-            raise _err(path, f"unknown key '{key}'; the format's keys are {', '.join(KEYS)}")
+            raise D.format_error(path, f"unknown key '{key}'; the format's keys are {', '.join(KEYS)}")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise _err(path, f"missing key '{missing[0]}' (missing: {', '.join(missing)})")
+        raise D.format_error(path, f"missing key '{missing[0]}' (missing: {', '.join(missing)})")
 
     mel = MelConfig(
         **{field: (int if field not in ("fmin", "fmax", "floor") else float)(_scalar(path, data, key)) for key, field in _MEL_KEYS.items()},
         n_mels=int(np.asarray(data["mels"]).shape[-1]) if np.asarray(data["mels"]).ndim == 2 else 1,
     )
     if (why := mel.problem()) is not None:
-        raise _err(path, f"mel parameters: {why}")
+        raise D.format_error(path, f"mel parameters: {why}")
 
     ids = _ints(path, data, "phoneme_ids")
     offsets = _ints(path, data, "phoneme_offsets")
@@ -314,35 +309,35 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
     num_frames = _ints(path, data, "num_frames")
     n = len(offsets) - 1
     if n < 1:
-        raise _err(path, f"'phoneme_offsets' must have N + 1 >= 2 entries, got {len(offsets)}")
+        raise D.format_error(path, f"'phoneme_offsets' must have N + 1 >= 2 entries, got {len(offsets)}")
     if offsets[0] != 0 or offsets[-1] != len(ids):
-        raise _err(path, f"'phoneme_offsets' must start at 0 and end at len(phoneme_ids) = {len(ids)}, got {offsets[0]} .. {offsets[-1]}")
+        raise D.format_error(path, f"'phoneme_offsets' must start at 0 and end at len(phoneme_ids) = {len(ids)}, got {offsets[0]} .. {offsets[-1]}")
     counts = np.diff(offsets)
     if (counts <= 0).any():
         i = int(np.nonzero(counts <= 0)[0][0])
-        raise _err(path, f"utterance {i} has {counts[i]} phonemes ('phoneme_offsets' must increase)")
+        raise D.format_error(path, f"utterance {i} has {counts[i]} phonemes ('phoneme_offsets' must increase)")
     if len(durations) != len(ids):
-        raise _err(path, f"'durations' has {len(durations)} entries but 'phoneme_ids' has {len(ids)}")
+        raise D.format_error(path, f"'durations' has {len(durations)} entries but 'phoneme_ids' has {len(ids)}")
     if durations.size and durations.min() < 0:
-        raise _err(path, f"'durations' has a negative frame count {int(durations.min())}")
+        raise D.format_error(path, f"'durations' has a negative frame count {int(durations.min())}")
     if len(num_frames) != n:
-        raise _err(path, f"'num_frames' has {len(num_frames)} entries but there are {n} utterances")
+        raise D.format_error(path, f"'num_frames' has {len(num_frames)} entries but there are {n} utterances")
     if (num_frames <= 0).any():
-        raise _err(path, f"utterance {int(np.nonzero(num_frames <= 0)[0][0])} has no frames")
+        raise D.format_error(path, f"utterance {int(np.nonzero(num_frames <= 0)[0][0])} has no frames")
     sums = np.add.reduceat(durations, offsets[:-1])
     if (sums != num_frames).any():
         i = int(np.nonzero(sums != num_frames)[0][0])
-        raise _err(path, f"utterance {i}: its durations sum to {int(sums[i])} frames but 'num_frames' says {int(num_frames[i])}")
+        raise D.format_error(path, f"utterance {i}: its durations sum to {int(sums[i])} frames but 'num_frames' says {int(num_frames[i])}")
 
     mels = np.asarray(data["mels"])
     if mels.ndim != 2 or not np.issubdtype(mels.dtype, np.floating):
-        raise _err(path, f"'mels' must be a float32 [frames, n_mels] array, got dtype {mels.dtype} and shape {mels.shape}")
+        raise D.format_error(path, f"'mels' must be a float32 [frames, n_mels] array, got dtype {mels.dtype} and shape {mels.shape}")
     if mels.shape[0] != int(num_frames.sum()):
-        raise _err(path, f"'mels' has {mels.shape[0]} frames but 'num_frames' sums to {int(num_frames.sum())}")
+        raise D.format_error(path, f"'mels' has {mels.shape[0]} frames but 'num_frames' sums to {int(num_frames.sum())}")
     if not np.isfinite(mels).all():
         frame = int(np.nonzero(~np.isfinite(mels).all(axis=1))[0][0])
         utt = int(np.searchsorted(np.cumsum(num_frames), frame, side="right"))
-        raise _err(path, f"'mels' has {'NaN' if np.isnan(mels).any() else 'Inf'} values (utterance {utt}, frame {frame})")
+        raise D.format_error(path, f"'mels' has {'NaN' if np.isnan(mels).any() else 'Inf'} values (utterance {utt}, frame {frame})")
 
     phoneme_names = _strings(path, data, "phoneme_names")
     speaker_names = _strings(path, data, "speaker_names")
@@ -351,10 +346,10 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
     sentences = _ints(path, data, "sentences")
     for key, a in (("speakers", speakers), ("sentences", sentences)):
         if len(a) != n:
-            raise _err(path, f"'{key}' has {len(a)} entries but there are {n} utterances")
+            raise D.format_error(path, f"'{key}' has {len(a)} entries but there are {n} utterances")
     _ids_in_range(path, "speakers", speakers, len(speaker_names), "'speaker_names'")
     if sentences.min() < 0:
-        raise _err(path, f"'sentences' has a negative id {int(sentences.min())}")
+        raise D.format_error(path, f"'sentences' has a negative id {int(sentences.min())}")
     texts = None
     if "texts" in data:
         texts = _strings(path, data, "texts")
@@ -365,7 +360,7 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
             h = _ints(path, data, key)
             unknown = np.setdiff1d(h, a)
             if unknown.size:
-                raise _err(path, f"'{key}' names {what} {int(unknown[0])}, which has no utterance")
+                raise D.format_error(path, f"'{key}' names {what} {int(unknown[0])}, which has no utterance")
             held[key] = h
     corpus = TTSCorpus(
         phonemes=np.split(ids, offsets[1:-1]),
@@ -381,7 +376,7 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
         **held,
     )
     if corpus.held_out_speakers is not None and corpus.held_out_sentences is not None and len(corpus.split()["train"]) == 0:
-        raise _err(path, "the held-out speakers and sentences leave no training utterance")
+        raise D.format_error(path, "the held-out speakers and sentences leave no training utterance")
     return corpus
 
 
@@ -441,23 +436,9 @@ def tts_corpus_arrays(
 def save_tts_corpus(path: str | os.PathLike, **utterances: Any) -> Path:
     """Write a corpus from per-utterance lists (the arguments of
     :func:`tts_corpus_arrays`), validated first, atomically; returns the path."""
-    path = Path(path)
     data = tts_corpus_arrays(**utterances)
     validate_tts_corpus(data, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a temporary name, then a rename: a crash never leaves a half-written corpus
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return D.write_npz(path, data)
 
 
 # --------------------------------------------------------------------------
