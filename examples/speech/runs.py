@@ -454,7 +454,8 @@ def run_label(run: str, optimizer: str, prox_metric: str = "euclidean", target: 
     return label
 
 
-def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+def lr_schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over the first ``warmup`` fraction of ``total`` steps, then cosine decay to 0 (every run of every recipe)."""
     w = max(1, int(round(warmup * total)))
 
     def factor(step: int) -> float:
@@ -469,6 +470,26 @@ def _schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.op
 # --------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------
+
+
+def text_table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells (the first is the header) as aligned text columns, a rule under the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only), or None when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: PLC0415
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return None
+    return plt
 
 
 @torch.inference_mode()
@@ -514,7 +535,7 @@ def train_run(run: str, task: Task, cfg: TrainConfig, target: float | None = Non
     total_steps = cfg.epochs * steps_per_epoch
     regime = RUNS[run].build(model, cfg, Budget(target, total_steps))
     opt = regime.optimizer
-    sched = _schedule(opt, total_steps, cfg.warmup)
+    sched = lr_schedule(opt, total_steps, cfg.warmup)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
     torch.manual_seed(cfg.seed + 2)  # dropout

@@ -79,7 +79,9 @@ from .runs import (
     describe_split,
     environment,
     parse_runs,
+    pyplot,
     run_label,
+    text_table,
     train_run,
 )
 
@@ -385,10 +387,7 @@ def results_table(results: Sequence[RunResult], primary: str) -> str:
                 f"{r.infer_ms['before_batch_ms']:.2f} → {r.infer_ms['after_batch_ms']:.2f}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "-|-".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return text_table(rows)
 
 
 RUN_COLORS = {"dense": "#555555", "l1-loss": "#d95f02", "prox-l1": "#1b9e77", "prox-group": "#7570b3",
@@ -398,17 +397,6 @@ RUN_COLORS = {"dense": "#555555", "l1-loss": "#d95f02", "prox-l1": "#1b9e77", "p
 def run_tag(r: RunResult) -> str:
     """A short name of one run: ``magnitude@0.9 s1``."""
     return r.run + ("" if r.target is None else f"@{r.target:g}") + f" s{r.seed}"
-
-
-def _pyplot():
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return None
-    return plt
 
 
 def _ylabel(primary: str) -> str:
@@ -422,7 +410,7 @@ def plot_curves(results: Sequence[RunResult], primary: str, path: Path, title: s
     zeros, x = channels removed), one curve per method (mean over seeds,
     min–max error bars in x and y), dense as a line with its seed band.
     Returns the path, or None when matplotlib is missing."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     points = curves(results, primary)
@@ -460,7 +448,7 @@ def plot_results(results: Sequence[RunResult], primary: str, path: Path, title: 
     """Without targets: accuracy (or validation loss) vs sparsity,
     optimizer-step time and the pruned size, one mark per run; returns the
     path, or None when matplotlib is missing."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     scale = 100 if primary == "accuracy" else 1

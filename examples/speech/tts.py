@@ -89,7 +89,7 @@ from proxopt.penalties import gaussian_kl_penalty, l2_penalty
 from . import data as D
 from . import tts_corpus as C
 from .features import dct_matrix
-from .runs import _schedule, compare_inference, environment
+from .runs import compare_inference, environment, lr_schedule, pyplot, text_table
 from .tts_model import ProsodyTTS
 
 RUN_LABELS = {
@@ -431,7 +431,7 @@ def train_run(run: str, data: TTSData, make_model: Callable[[], ProsodyTTS], cfg
     opt, regularized, project = make_optimizer(run, model, cfg)
     order_gen = torch.Generator().manual_seed(cfg.seed)
     batches_per_epoch = len(data.epoch_batches(cfg.batch_size, torch.Generator().manual_seed(cfg.seed)))
-    sched = _schedule(opt, cfg.epochs * batches_per_epoch, cfg.warmup)
+    sched = lr_schedule(opt, cfg.epochs * batches_per_epoch, cfg.warmup)
     torch.manual_seed(cfg.seed + 2)  # dropout and the posterior's ε
     step_time = proj_time = 0.0
     losses: list[float] = []
@@ -560,27 +560,13 @@ def results_table(results: Sequence[TTSRunResult]) -> str:
                 f"{r.params} → {r.pruned_params}",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "-|-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _pyplot():
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return None
-    return plt
+    return text_table(rows)
 
 
 def plot_results(results: Sequence[TTSRunResult], path: Path, title: str) -> Path | None:
     """Held-out MCD (unseen sentences and voices), KL, step time, and the
     largest row norm and |w| per run; None without matplotlib."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     names = [r.run for r in results]
@@ -638,7 +624,7 @@ def showcase(data: TTSData, count: int) -> list[tuple[str, int]]:
 
 def plot_spectrograms(results: Sequence[TTSRunResult], data: TTSData, picks, path: Path) -> Path | None:
     """Target vs predicted log-mels (rows: target, then each run) of the picked utterances (columns)."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     rows = 1 + len(results)
