@@ -27,8 +27,28 @@ from torch import Tensor
 
 from .hyper import ADAGRAD, ADAM, RMSPROP, SGD, Hyper
 
-__all__ = ["Hyper", "step_tensor", "soft_threshold", "hard_threshold", "ridge", "project_bounds",
-           "prox_elementwise", "group_factor", "prox_group", "SGD", "ADAM", "ADAGRAD", "RMSPROP"]
+__all__ = ["Hyper", "step_tensor", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
+           "project_bounds", "prox_elementwise", "group_tau", "group_factor", "finish_groups", "prox_group",
+           "SGD", "ADAM", "ADAGRAD", "RMSPROP"]
+
+
+# ---- scalars a step derives from its inputs --------------------------------
+# proxopt.distributed uses these too, so that the formulas exist once here.
+
+
+def inv_grad_scale(grad_scale: Tensor) -> Tensor:
+    """AMP's unscaling factor, as torch's GradScaler computes it: the reciprocal
+    of the scale in float64, rounded to float32 (a 0-d float32 tensor)."""
+    return (1.0 / grad_scale.double().reshape(())).float()
+
+
+def rule_lr(h: Hyper, step: Tensor | float | None) -> float:
+    """The lr of the rule's step at step count ``step`` (after the increment),
+    which the proxes scale with too: Adagrad's decayed
+    ``lr / (1 + (step − 1)·lr_decay)``, ``lr`` otherwise (and without a step)."""
+    if h.rule == ADAGRAD and step is not None:
+        return h.lr / (1 + (float(step) - 1) * h.lr_decay)
+    return h.lr
 
 
 # ---- proximal operators: each is argmin_x ½‖x − w‖² + τ·R(x) --------------
@@ -76,19 +96,38 @@ def prox_elementwise(h: Hyper, lr: float, w: Tensor, denom: Tensor | None) -> Te
     return w
 
 
-def group_factor(norm: Tensor, group_tau: float, max_norm: float) -> Tensor:
+def group_tau(h: Hyper, lr: float, size: int) -> float:
+    """The block soft threshold τ_g = lr·λ·√|g| of a group of ``size`` elements
+    (λ = ``h.group_lasso``), in this order of operations, as the kernels."""
+    return lr * h.group_lasso * math.sqrt(size)
+
+
+def group_factor(norm: Tensor, tau: float, max_norm: float) -> Tensor:
     """Per-group scale factor from the group norms ‖w_g‖₂ (float64): the block
     soft threshold max(0, 1 − τ_g/‖w_g‖) (prox of τ_g‖w_g‖₂; 0 when
     ‖w_g‖ ≤ τ_g), then the projection onto ‖w_g‖ ≤ c of the shrunk group.
     Computed in float64, so a group whose norm overflows float32 is still
     scaled, not zeroed; the caller rounds the factor to its math dtype."""
     f = torch.ones_like(norm)
-    if group_tau:
-        f = torch.where(norm <= group_tau, torch.zeros_like(norm), 1 - group_tau / norm)
+    if tau:
+        f = torch.where(norm <= tau, torch.zeros_like(norm), 1 - tau / norm)
     if max_norm:
         shrunk = norm * f
         f = torch.where(shrunk > max_norm, f * (max_norm / shrunk), f)
     return f
+
+
+def finish_groups(h: Hyper, w3: Tensor, norm: Tensor, tau: float) -> Tensor:
+    """The end of the group prox on ``w3``, a tensor seen as [outer, groups,
+    inner], given its float64 group norms ``norm`` and threshold ``tau``: each
+    group times its factor (rounded to ``w3``'s dtype), then the clamp to
+    ``bounds``, which acts after the group proxes. Separate from the norms so
+    that proxopt.distributed can pass norms all-reduced across shards."""
+    f = group_factor(norm, tau, h.max_norm).to(w3.dtype)
+    w3 = w3 * f[None, :, None]
+    if h.has_bounds:
+        w3 = project_bounds(w3, h.lo, h.hi)
+    return w3
 
 
 def prox_group(h: Hyper, lr: float, w: Tensor) -> Tensor:
@@ -103,11 +142,7 @@ def prox_group(h: Hyper, lr: float, w: Tensor) -> Tensor:
     w3 = w.reshape(outer, groups, inner)
     # Norms summed in float64, as the kernels do; the factor too.
     norm = torch.linalg.vector_norm(w3.double(), dim=(0, 2))
-    f = group_factor(norm, lr * h.group_lasso * math.sqrt(outer * inner), h.max_norm).to(w.dtype)
-    w = (w3 * f[None, :, None]).reshape(shape)
-    if h.has_bounds:
-        w = project_bounds(w, h.lo, h.hi)
-    return w
+    return finish_groups(h, w3, norm, group_tau(h, lr, outer * inner)).reshape(shape)
 
 
 # ---- update rules on math-precision tensors ------------------------------
@@ -146,7 +181,7 @@ def _adam(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: b
 
 
 def _adagrad(h: Hyper, w: Tensor, g: Tensor, s: list[Tensor], step: float, fresh: bool):
-    clr = h.lr / (1 + (step - 1) * h.lr_decay)
+    clr = rule_lr(h, step)
     state_sum = s[0]
     state_sum.addcmul_(g, g, value=1)
     denom = state_sum.sqrt() + h.eps
@@ -206,8 +241,7 @@ def step_tensor(
         step += 1
         t = float(step)
     if grad_scale is not None:
-        # As torch's GradScaler: the inverse scale in float64, rounded to float32.
-        g = g * (1.0 / grad_scale.double().reshape(())).float().to(g.dtype)
+        g = g * inv_grad_scale(grad_scale).to(g.dtype)
     if h.maximize:
         g = -g
     if h.weight_decay != 0 and not h.decoupled_weight_decay:
