@@ -418,3 +418,33 @@ def test_sharded_group_prox_on_plain_tensors_is_the_reference():
     want = prox_group(h, 0.1 / (1 + 2 * 0.5), w.clone())
     pd.sharded_group_prox_(h, [w], 1, [torch.tensor(3.0)])
     torch.testing.assert_close(w, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_sharded_group_prox_in_low_precision_is_the_reference(dtype):
+    """float32 and bfloat16 tensors: as the reference (and the kernels), the factor
+    comes from the float64 norm and is rounded once; the arithmetic runs in float32
+    and the result is stored back once."""
+    from proxopt import distributed as pd
+    from proxopt.reference import Hyper, prox_group
+
+    torch.manual_seed(4)
+    for dim in (0, 1):
+        w = torch.randn(6, 5, dtype=dtype)
+        h = Hyper(lr=0.1, group_lasso=0.9, max_norm=1.1, lo=-0.7, hi=0.8, group_dim=dim)
+        want = prox_group(h, 0.1, w.float()).to(dtype)
+        pd.sharded_group_prox_(h, [w], dim)
+        torch.testing.assert_close(w, want, rtol=0, atol=0)
+
+
+def test_sharded_group_prox_scales_a_group_whose_norm_overflows_float32():
+    """A float32 group with a norm above FLT_MAX is scaled by max_norm, not zeroed."""
+    from proxopt import distributed as pd
+    from proxopt.reference import Hyper, prox_group
+
+    w = torch.tensor([[3e38, 1.0], [3e38, -2.0]], dtype=torch.float32)
+    h = Hyper(lr=0.1, max_norm=2.0, group_dim=1)
+    want = prox_group(h, 0.1, w.clone())
+    pd.sharded_group_prox_(h, [w], 1)
+    assert torch.equal(w, want)
+    assert (w[:, 0] != 0).all() and torch.linalg.vector_norm(w[:, 0].double()) <= 2.0 + 1e-6

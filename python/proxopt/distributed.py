@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .hyper import ADAGRAD, Hyper
+from .hyper import Hyper
 from .regularizers import group_shape
 
 __all__ = [
@@ -127,12 +127,8 @@ def split_group_prox(h: Hyper, params: Iterable[Tensor], dim: int) -> tuple[Hype
     return kernel_h, h
 
 
-def prox_lr(h: Hyper, step: Tensor | float | None) -> float:
-    """The lr the proxes scale with after a step (the rule's own lr:
-    Adagrad's decayed ``lr / (1 + (step - 1) * lr_decay)``, ``lr`` otherwise)."""
-    if h.rule == ADAGRAD and h.lr_decay and step is not None:
-        return h.lr / (1 + (float(step) - 1) * h.lr_decay)
-    return h.lr
+# The lr the proxes scale with after a step: the reference's, kept under this name.
+prox_lr = reference.rule_lr
 
 
 def _math(t: Tensor) -> Tensor:
@@ -182,7 +178,6 @@ def sharded_group_prox_(
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=mesh.get_group(mesh_dim))
         for i, part in zip(idx, flat.split([sumsqs[i].numel() for i in idx])):
             sumsqs[i] = part
-    bounded = math.isfinite(h.lo) or math.isfinite(h.hi)
     for p, sumsq, step in zip(params, sumsqs, steps):
         local = local_tensor(p)
         if local.numel() == 0:
@@ -190,13 +185,11 @@ def sharded_group_prox_(
         w = _math(local)  # the arithmetic runs in float32 for 16-bit tensors, as the kernels do
         n_groups = p.shape[dim % p.dim()]
         size = p.numel() // n_groups  # elements of one whole group (all shards)
-        norm = sumsq.sqrt().to(w.dtype)
-        f = reference.group_factor(norm, prox_lr(h, step) * h.group_lasso * math.sqrt(size), h.max_norm)
-        outer, groups, inner = group_shape(tuple(local.shape), dim)
-        w = (w.reshape(outer, groups, inner) * f[None, :, None]).reshape(local.shape)
-        if bounded:
-            w = w.clamp_(h.lo, h.hi)
-        local.copy_(w)
+        tau = reference.group_tau(h, reference.rule_lr(h, step), size)
+        # The norms stay float64, as in the reference and the kernels: the factor is
+        # computed in float64 and rounded once.
+        w3 = w.reshape(group_shape(tuple(local.shape), dim))
+        local.copy_(reference.finish_groups(h, w3, sumsq.sqrt(), tau).reshape(local.shape))
 
 
 def reduced_group_norms(p: Tensor, dim: int) -> Tensor:
