@@ -1,8 +1,9 @@
 // proxopt._C: the CPU extension. Importing it registers the operator
 // proxopt::step and its CPU kernel with PyTorch's dispatcher (op/cpu_op.cpp);
 // this pybind11 module holds what Python calls outside the step: the SIMD
-// level, and the facts Python checks the build against (the hyperparameter
-// layout, the kernel dtypes, each rule's state count).
+// level, and the facts Python derives from or checks itself against (the
+// hyperparameter layout, the rule table, the kernel dtypes, the operator's
+// arguments, the state alignment, the refusal codes).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -11,27 +12,48 @@
 
 #include "cpu/driver.h"
 #include "cpu/isa.h"
-#include "op/call.h"
+#include "op/checks.h"
 #include "proxopt/hyper.h"
+#include "proxopt/rules.h"
 
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "proxopt CPU kernels; the step itself is the operator torch.ops.proxopt.step";
-  py::tuple fields(proxopt::kHyperFields);
-  for (int i = 0; i < proxopt::kHyperFields; ++i) fields[i] = proxopt::hyper_field_names()[i];
+  // The facts declared once in C++ that Python derives from or checks its
+  // own declarations against when it loads this module.
+  py::tuple fields(size_t(proxopt::kHyperFields));
+  for (int i = 0; i < proxopt::kHyperFields; ++i) fields[size_t(i)] = proxopt::hyper_field_names()[i];
   m.attr("HYPER_FIELDS") = fields;
+  py::list rules;  // per rule code: (name, has_step, has_denom, ((key, switched on by, initial value from), ...))
+  for (const proxopt::RuleSpec& r : proxopt::kRules) {
+    py::list states;
+    for (int q = 0; q < r.nstates; ++q) {
+      const proxopt::StateSpec& st = r.states[q];
+      states.append(py::make_tuple(
+          st.key, st.when == proxopt::kAlways ? py::object(py::none()) : py::str(proxopt::hyper_field_names()[st.when]),
+          st.init[0] == '\0' ? py::object(py::none()) : py::str(st.init)));
+    }
+    rules.append(py::make_tuple(r.name, r.has_step, r.has_denom, py::tuple(states)));
+  }
+  m.attr("RULES") = py::tuple(rules);
   py::list dtypes;
-  for (const auto& d : proxopt::op::dtype_table()) dtypes.append(d.name);
+  py::dict real;
+  for (const auto& d : proxopt::op::dtype_table()) {
+    dtypes.append(d.name);
+    real[py::str(d.name)] = d.real_name;
+  }
   m.attr("KERNEL_DTYPES") = py::tuple(dtypes);
-  m.attr("STEP_SCHEMA") = proxopt::op::kStepSchema;
-  m.def(
-      "state_count",
-      [](const std::vector<double>& hyper) {
-        if (int(hyper.size()) != proxopt::kHyperFields) throw std::invalid_argument("hyper: wrong length");
-        return proxopt::state_count(proxopt::parse_hyper(hyper.data(), "state_count"));
-      },
-      py::arg("hyper"), "The number of state tensors the rule variant of `hyper` keeps.");
+  m.attr("STATE_DTYPES") = real;  // a parameter dtype -> its states' dtype
+  py::list args;
+  for (int i = 0; i < proxopt::op::kStepArgs; ++i) args.append(proxopt::op::step_arg_names()[i]);
+  m.attr("STEP_ARGS") = py::tuple(args);
+  m.attr("STATE_ALIGN") = proxopt::op::kStateAlign;
+  py::dict refusals;
+#define PROXOPT_REFUSAL_ITEM(name, code) refusals[#name] = code;
+  PROXOPT_REFUSALS(PROXOPT_REFUSAL_ITEM)
+#undef PROXOPT_REFUSAL_ITEM
+  m.attr("REFUSALS") = refusals;
   // The plan checks of every step (python/proxopt/_dispatch.py), in C: they
   // touch every parameter and state tensor, and in Python they cost as much
   // as the kernel on many small tensors. Identity comparisons only; no

@@ -232,7 +232,7 @@ def test_overlapping_views_in_two_groups(info, layout) -> None:
 @pytest.mark.parametrize("info", OPTIMS, ids=repr)
 def test_interleaved_views_that_do_not_overlap_are_accepted(info) -> None:
     """The even and the odd columns of one buffer share a storage and a span of memory but not
-    a single element: DESIGN allows views of one buffer that do not overlap."""
+    a single element: views of one buffer that do not overlap are allowed."""
     buf = torch.randn(6, 2)
     even, odd = _leaf(buf[:, 0]), _leaf(buf[:, 1])
     clones = [even.detach().clone().requires_grad_(), odd.detach().clone().requires_grad_()]

@@ -62,11 +62,11 @@ def record_routes():
     routes = Routes()
     run, step_tensor = _dispatch._run, reference.step_tensor
 
-    def run_spy(opt, call, args, *, check_only):
-        if not check_only:
+    def run_spy(spec, call, args):
+        if not args.check_only:
             routes.kernel_calls += 1
-            routes.kernel.extend(p.data_ptr() for p, g in zip(args[0], args[1]) if g is not None)
-        return run(opt, call, args, check_only=check_only)
+            routes.kernel.extend(p.data_ptr() for p, g in zip(args.params, args.grads) if g is not None)
+        return run(spec, call, args)
 
     def step_tensor_spy(h, param, *args, **kwargs):
         routes.reference.append(param.data_ptr())

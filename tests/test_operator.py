@@ -30,10 +30,10 @@ def _captured_args(opt, params, *, scale=None) -> tuple:
     captured = []
     run = _dispatch._run
 
-    def spy(o, call, args, *, check_only):
-        if not check_only:
+    def spy(spec, call, args):
+        if not args.check_only:
             captured.append(tuple(_clone(a) for a in args))
-        return run(o, call, args, check_only=check_only)
+        return run(spec, call, args)
 
     _dispatch._run = spy
     try:
@@ -46,7 +46,7 @@ def _captured_args(opt, params, *, scale=None) -> tuple:
     finally:
         _dispatch._run = run
     assert captured, "the step did not reach the operator"
-    return captured[-1] + (False,)
+    return captured[-1]
 
 
 CASES = [

@@ -7,12 +7,10 @@
 #include <cstdint>
 
 #include "../proxopt/coeffs.h"
+#include "../proxopt/dtypes.h"
+#include "../proxopt/rules.h"
 
 namespace proxopt::cpu {
-
-constexpr int kMaxStates = 3;
-
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
 
 // One tensor of a call: raw pointers (validated by the operator), its element
 // count (a complex tensor: its real view, twice as many), its scalars and,
@@ -87,9 +85,14 @@ inline int64_t groups_per_block(int64_t outer, int64_t groups, int64_t inner, in
 // pool costs more than it saves.
 constexpr int64_t kParallelMinElems = 1 << 16;
 
-// Each ISA-specific translation unit defines one of these.
-#define PROXOPT_DECLARE_ISA(name) \
-  namespace name { KernelSet select_kernels(const Hyper& h, DType dtype); }
+// Each instruction set's two translation units define these: the kernels of
+// a group's hyperparameters and dtype, for the plain shapes and the group
+// shapes of variants.h (an empty KernelSet for the other part's).
+#define PROXOPT_DECLARE_ISA(isa)                                  \
+  namespace isa {                                                 \
+  KernelSet select_plain(const Hyper& h, DType dtype);            \
+  KernelSet select_groups(const Hyper& h, DType dtype);           \
+  }
 PROXOPT_DECLARE_ISA(baseline)
 #if defined(__x86_64__) || defined(_M_X64)
 PROXOPT_DECLARE_ISA(avx2)

@@ -10,20 +10,20 @@ using Selector = KernelSet (*)(const Hyper&, DType);
 
 struct Isa {
   const char* name;
-  Selector select;
+  Selector plain, groups;  // the kernels of its two translation units
   bool (*supported)();
 };
 
 const std::vector<Isa>& all_isas() {
   static const std::vector<Isa> isas = {
-    {"baseline", baseline::select_kernels, [] { return true; }},
+    {"baseline", baseline::select_plain, baseline::select_groups, [] { return true; }},
 #if defined(__x86_64__) || defined(_M_X64)
-    {"avx2", avx2::select_kernels,
+    {"avx2", avx2::select_plain, avx2::select_groups,
      [] {
        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
               __builtin_cpu_supports("f16c");
      }},
-    {"avx512", avx512::select_kernels,
+    {"avx512", avx512::select_plain, avx512::select_groups,
      [] {
        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
@@ -82,6 +82,9 @@ void set_isa(const std::string& name) {
   g_current = isa;
 }
 
-KernelSet select_kernels(const Hyper& h, DType dtype) { return current().select(h, dtype); }
+KernelSet select_kernels(const Hyper& h, DType dtype) {
+  const Isa& isa = current();
+  return (prox_shape(h) & kGroup) != 0 ? isa.groups(h, dtype) : isa.plain(h, dtype);
+}
 
 }  // namespace proxopt::cpu

@@ -1,6 +1,9 @@
 // Per-ISA kernels. CMake compiles this file once per instruction set
-// (baseline, AVX2, AVX-512) with PROXOPT_ISA naming the namespace; isa.cpp
-// picks one at run time. The loop body is proxopt::step_element, the same
+// (baseline, AVX2, AVX-512) and part -- the plain shapes, or the group
+// shapes (PROXOPT_CPU_GROUPS 0 or 1): translation units of about equal size
+// that build in parallel, each loop compiled once (the 16-bit dtypes step
+// float tiles with the float32 loops of their unit). PROXOPT_ISA names the
+// namespace; isa.cpp picks the instruction set at run time. The loop body is proxopt::step_element, the same
 // function the CUDA kernels call, so the math exists once: every element is
 // loaded once, runs the whole order of operations, and is stored once.
 #include <algorithm>
@@ -13,10 +16,11 @@
 #endif
 
 #include "../proxopt/math.h"
+#include "../proxopt/variants.h"
 #include "driver.h"
 
-#ifndef PROXOPT_ISA
-#error "PROXOPT_ISA must name the instruction-set namespace"
+#if !defined(PROXOPT_ISA) || !defined(PROXOPT_CPU_GROUPS)
+#error "PROXOPT_ISA must name the instruction-set namespace, PROXOPT_CPU_GROUPS the part (0 or 1)"
 #endif
 
 namespace proxopt::cpu::PROXOPT_ISA {
@@ -26,6 +30,9 @@ namespace {
 struct BF16 {
   uint16_t bits;
 };
+
+// The storage type of each kernel dtype (dtypes.h).
+template <DType D> struct Storage;
 
 template <class T> struct MathType { using type = float; };
 template <> struct MathType<double> { using type = double; };
@@ -409,8 +416,7 @@ template <class Rule, unsigned P, class T>
 void run_groups(const TensorTask& t, int64_t q0, int64_t q1) {
   const auto k = coeffs_of<T>(t);
   const int64_t group_size = t.outer * t.inner;
-  // tau = lr * group_lasso * sqrt(|g|), in double, in the reference's order.
-  const double tau = t.coeffs->group_lambda * std::sqrt(double(group_size));
+  const double tau = group_tau(t.coeffs->group_lambda, group_size);
   if (column_panels(t.outer, t.inner)) {
     run_column_panel<Rule, P, T>(t, q0, q1, k, tau);
   } else if (group_size > kBlockElems) {
@@ -420,60 +426,41 @@ void run_groups(const TensorTask& t, int64_t q0, int64_t q1) {
   }
 }
 
-// ---- instantiation: the rule variants x prox shapes the entry point uses ------
+// ---- instantiation: every rule variant x prox shape (variants.h) ---------------------
 
-// Every shape prox_shape (coeffs.h) returns, for one rule variant and dtype.
-template <class Rule, class T>
-KernelSet kernels_for(unsigned p) {
-  constexpr unsigned kGroupGeneral = kGroup | kL1 | kL0 | kRidge;
-  KernelSet ks;
-  switch (p) {
-    case 0: ks.plain = run_plain<Rule, 0, T>; break;
-    case kL1: ks.plain = run_plain<Rule, kL1, T>; break;
-    case kL0: ks.plain = run_plain<Rule, kL0, T>; break;
-    case kRidge: ks.plain = run_plain<Rule, kRidge, T>; break;
-    case kL1 | kRidge: ks.plain = run_plain<Rule, kL1 | kRidge, T>; break;
-    case kClamp: ks.plain = run_plain<Rule, kClamp, T>; break;
-    case kGeneral: ks.plain = run_plain<Rule, kGeneral, T>; break;
-    case kGroup: ks.groups = run_groups<Rule, kGroup, T>; break;
-    case kGroupGeneral: ks.groups = run_groups<Rule, kGroupGeneral, T>; break;
-    default:
-      if constexpr (Rule::kHasDenom) {
-        if (p == (kAdaptive | kL1)) ks.plain = run_plain<Rule, kAdaptive | kL1, T>;
-        if (p == (kAdaptive | kGeneral)) ks.plain = run_plain<Rule, kAdaptive | kGeneral, T>;
-      }
-      break;
-  }
-  return ks;
-}
+template <> struct Storage<DType::f32> { using type = float; };
+template <> struct Storage<DType::f64> { using type = double; };
+template <> struct Storage<DType::f16> { using type = _Float16; };
+template <> struct Storage<DType::bf16> { using type = BF16; };
 
+// The kernels of this unit's part for storage type T (none for the other part's shapes).
 template <class T>
-KernelSet select_rule(const Hyper& h) {
-  const unsigned p = prox_shape(h);
-  switch (h.kind()) {
-    case RuleKind::kSgd:
-      return h.momentum != 0 ? kernels_for<Sgd<true>, T>(p) : kernels_for<Sgd<false>, T>(p);
-    case RuleKind::kAdam:
-      return h.amsgrad != 0 ? kernels_for<Adam<true>, T>(p) : kernels_for<Adam<false>, T>(p);
-    case RuleKind::kAdagrad:
-      return kernels_for<Adagrad, T>(p);
-    case RuleKind::kRmsprop:
-      if (h.centered != 0) {
-        return h.momentum > 0 ? kernels_for<Rmsprop<true, true>, T>(p) : kernels_for<Rmsprop<true, false>, T>(p);
-      }
-      return h.momentum > 0 ? kernels_for<Rmsprop<false, true>, T>(p) : kernels_for<Rmsprop<false, false>, T>(p);
-  }
-  return {};
+KernelSet kernels_of(const Hyper& h) {
+  return visit_variant<CpuShapes>(h, prox_shape(h), KernelSet{}, [](auto rule, auto shape) {
+    using Rule = decltype(rule);
+    constexpr unsigned P = decltype(shape)::value;
+    KernelSet ks;
+    if constexpr ((P & kGroup) != 0 && PROXOPT_CPU_GROUPS) {
+      ks.groups = run_groups<Rule, P, T>;
+    } else if constexpr ((P & kGroup) == 0 && !PROXOPT_CPU_GROUPS) {
+      ks.plain = run_plain<Rule, P, T>;
+    }
+    return ks;
+  });
 }
 
 }  // namespace
 
-KernelSet select_kernels(const Hyper& h, DType dtype) {
+#if PROXOPT_CPU_GROUPS
+KernelSet select_groups(const Hyper& h, DType dtype) {
+#else
+KernelSet select_plain(const Hyper& h, DType dtype) {
+#endif
   switch (dtype) {
-    case DType::kFloat32: return select_rule<float>(h);
-    case DType::kFloat64: return select_rule<double>(h);
-    case DType::kFloat16: return select_rule<_Float16>(h);
-    case DType::kBFloat16: return select_rule<BF16>(h);
+#define PROXOPT_DTYPE_CASE(tag, tname, bytes) \
+  case DType::tag: return kernels_of<typename Storage<DType::tag>::type>(h);
+    PROXOPT_DTYPES(PROXOPT_DTYPE_CASE)
+#undef PROXOPT_DTYPE_CASE
   }
   return {};
 }

@@ -1,5 +1,5 @@
 // The CUDA kernels of one storage dtype. CMake compiles this file once per
-// dtype (PROXOPT_CUDA_DTYPE = the DType code, PROXOPT_CUDA_NS = its
+// dtype of dtypes.h (PROXOPT_CUDA_DTYPE = its tag, which also names the
 // namespace), like the CPU kernels once per instruction set.
 //
 // The arithmetic is proxopt::step_element (csrc/proxopt/math.h), the function
@@ -15,24 +15,25 @@
 
 #include "kernels.h"
 
-#if !defined(PROXOPT_CUDA_DTYPE) || !defined(PROXOPT_CUDA_NS)
-#error "PROXOPT_CUDA_DTYPE (a DType code) and PROXOPT_CUDA_NS must be defined"
+#if !defined(PROXOPT_CUDA_DTYPE)
+#error "PROXOPT_CUDA_DTYPE must be the tag of a dtype of dtypes.h"
 #endif
 
-namespace proxopt::cuda::PROXOPT_CUDA_NS {
+namespace proxopt::cuda {
+namespace {
+// The storage type of each kernel dtype (dtypes.h).
+template <DType D> struct Storage;
+template <> struct Storage<DType::f32> { using type = float; };
+template <> struct Storage<DType::f64> { using type = double; };
+template <> struct Storage<DType::f16> { using type = __half; };
+template <> struct Storage<DType::bf16> { using type = __nv_bfloat16; };
+}  // namespace
+}  // namespace proxopt::cuda
+
+namespace proxopt::cuda::PROXOPT_CUDA_DTYPE {
 namespace {
 
-#if PROXOPT_CUDA_DTYPE == 0
-using T = float;
-#elif PROXOPT_CUDA_DTYPE == 1
-using T = double;
-#elif PROXOPT_CUDA_DTYPE == 2
-using T = __half;
-#elif PROXOPT_CUDA_DTYPE == 3
-using T = __nv_bfloat16;
-#else
-#error "unknown PROXOPT_CUDA_DTYPE"
-#endif
+using T = typename Storage<DType::PROXOPT_CUDA_DTYPE>::type;
 
 using M = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
@@ -77,8 +78,7 @@ __device__ Coeffs<M> coeffs_for(const Launch<D, G>& L, int t) {
   if (L.lr[b] != 0) {
     lr = L.lr_f64[b] ? *reinterpret_cast<const double*>(L.lr[b]) : double(*reinterpret_cast<const float*>(L.lr[b]));
   }
-  // As torch's GradScaler: the inverse scale in double, rounded to float32.
-  const double inv = L.grad_scale != 0 ? double(float(1.0 / double(*reinterpret_cast<const float*>(L.grad_scale)))) : 1.0;
+  const double inv = inv_grad_scale(reinterpret_cast<const float*>(L.grad_scale));
   return finish_coeffs(make_coeffs(h, step, lr, inv, step == 1.0).template cast<M>());
 }
 
@@ -89,16 +89,22 @@ struct Ptrs {
   T* s[S > 0 ? S : 1];
 };
 
-// One element at index i: load, step, store.
-template <class Rule, unsigned P, int S>
-__device__ __forceinline__ void step_one(const Ptrs<S>& p, int64_t i, const Coeffs<M>& k) {
+// The one load-step-store of an element, wherever it lives: its weight and
+// grad, and state(q) the q-th state (in memory or in a loaded vector). The
+// states are stored back unless Store is false (a group's first pass); the
+// new weight is returned for the caller to store (scaled, for a group).
+template <class Rule, unsigned P, bool Store, class StateRef>
+__device__ __forceinline__ M step_loaded(T w, T g, StateRef&& state, const Coeffs<M>& k) {
+  constexpr int S = Rule::kStates;
   M st[S > 0 ? S : 1];
 #pragma unroll
-  for (int q = 0; q < S; ++q) st[q] = widen(p.s[q][i]);
-  const M nw = step_element<Rule, P>(widen(p.w[i]), widen(p.g[i]), st, k);
+  for (int q = 0; q < S; ++q) st[q] = widen(state(q));
+  const M nw = step_element<Rule, P>(widen(w), widen(g), st, k);
+  if constexpr (Store) {
 #pragma unroll
-  for (int q = 0; q < S; ++q) put(p.s[q][i], st[q]);
-  put(p.w[i], nw);
+    for (int q = 0; q < S; ++q) put(state(q), st[q]);
+  }
+  return nw;
 }
 
 // ---- plain steps: one block per chunk ---------------------------------------------
@@ -125,13 +131,7 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const __grid_constant__ 
       for (int q = 0; q < S; ++q) s[q] = *reinterpret_cast<const Vec*>(p.s[q] + i);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
-        M st[S > 0 ? S : 1];
-#pragma unroll
-        for (int q = 0; q < S; ++q) st[q] = widen(s[q].v[j]);
-        const M nw = step_element<Rule, P>(widen(w.v[j]), widen(g.v[j]), st, k);
-#pragma unroll
-        for (int q = 0; q < S; ++q) put(s[q].v[j], st[q]);
-        put(w.v[j], nw);
+        put(w.v[j], step_loaded<Rule, P, true>(w.v[j], g.v[j], [&](int q) -> T& { return s[q].v[j]; }, k));
       }
       *reinterpret_cast<Vec*>(p.w + i) = w;
 #pragma unroll
@@ -139,7 +139,9 @@ __global__ void __launch_bounds__(kThreads) step_kernel(const __grid_constant__ 
     }
   } else {
     // Misaligned views and tails: the same step_element, one element at a time.
-    for (int i = int(threadIdx.x); i < n; i += kThreads) step_one<Rule, P, S>(p, i, k);
+    for (int i = int(threadIdx.x); i < n; i += kThreads) {
+      put(p.w[i], step_loaded<Rule, P, true>(p.w[i], p.g[i], [&](int q) -> T& { return p.s[q][i]; }, k));
+    }
   }
 }
 
@@ -181,23 +183,15 @@ __global__ void __launch_bounds__(kThreads) group_kernel(const __grid_constant__
   double local = 0;
   for (int64_t j = threadIdx.x; j < n; j += kThreads) {
     const int64_t i = group_elem(j, q, G, I);
-    M st[S > 0 ? S : 1];
-#pragma unroll
-    for (int qq = 0; qq < S; ++qq) st[qq] = widen(p.s[qq][i]);
-    const M nw = step_element<Rule, P>(widen(p.w[i]), widen(p.g[i]), st, k);
+    const M nw = step_loaded<Rule, P, false>(p.w[i], p.g[i], [&](int qq) -> T& { return p.s[qq][i]; }, k);
     local += double(nw) * double(nw);
   }
-  const double tau = k.group_lambda * sqrt(double(n));
+  const double tau = group_tau(k.group_lambda, n);
   const M factor = group_factor<M>(sqrt(block_sum(local)), tau, k);
   // Pass 2: the same step again, scaled, clamped and stored once.
   for (int64_t j = threadIdx.x; j < n; j += kThreads) {
     const int64_t i = group_elem(j, q, G, I);
-    M st[S > 0 ? S : 1];
-#pragma unroll
-    for (int qq = 0; qq < S; ++qq) st[qq] = widen(p.s[qq][i]);
-    const M nw = step_element<Rule, P>(widen(p.w[i]), widen(p.g[i]), st, k);
-#pragma unroll
-    for (int qq = 0; qq < S; ++qq) put(p.s[qq][i], st[qq]);
+    const M nw = step_loaded<Rule, P, true>(p.w[i], p.g[i], [&](int qq) -> T& { return p.s[qq][i]; }, k);
     put(p.w[i], finish_group(nw, factor, k));
   }
 }
@@ -221,22 +215,7 @@ int launch_variant(const Tensors& c, void* stream) {
   }
 }
 
-template <class Rule>
-int launch_shape(const Tensors& c, unsigned p, void* stream) {
-  constexpr unsigned kGroupGeneral = kGroup | kL1 | kL0 | kRidge;
-  switch (p) {
-    case 0: return launch_variant<Rule, 0>(c, stream);
-    case kGeneral: return launch_variant<Rule, kGeneral>(c, stream);
-    case kGroup: return launch_variant<Rule, kGroup>(c, stream);
-    case kGroupGeneral: return launch_variant<Rule, kGroupGeneral>(c, stream);
-    case kAdaptive | kGeneral:
-      if constexpr (Rule::kHasDenom) return launch_variant<Rule, kAdaptive | kGeneral>(c, stream);
-      return -1;
-    default: return -1;
-  }
-}
-
-#if PROXOPT_CUDA_DTYPE == 0
+#if defined(PROXOPT_CUDA_FIRST_DTYPE)
 __global__ void bump_kernel(const __grid_constant__ Bump B) {
   if (overflowed(B.found_inf)) return;
   const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
@@ -252,23 +231,9 @@ __global__ void bump_kernel(const __grid_constant__ Bump B) {
 }  // namespace
 
 int launch(const Tensors& c, const Hyper& h, void* stream) {
-  const unsigned p = cuda_prox_shape(prox_shape(h));
-  switch (h.kind()) {
-    case RuleKind::kSgd:
-      return h.momentum != 0 ? launch_shape<Sgd<true>>(c, p, stream) : launch_shape<Sgd<false>>(c, p, stream);
-    case RuleKind::kAdam:
-      return h.amsgrad != 0 ? launch_shape<Adam<true>>(c, p, stream) : launch_shape<Adam<false>>(c, p, stream);
-    case RuleKind::kAdagrad:
-      return launch_shape<Adagrad>(c, p, stream);
-    case RuleKind::kRmsprop:
-      if (h.centered != 0) {
-        return h.momentum > 0 ? launch_shape<Rmsprop<true, true>>(c, p, stream)
-                              : launch_shape<Rmsprop<true, false>>(c, p, stream);
-      }
-      return h.momentum > 0 ? launch_shape<Rmsprop<false, true>>(c, p, stream)
-                            : launch_shape<Rmsprop<false, false>>(c, p, stream);
-  }
-  return -1;
+  return visit_variant<CudaShapes>(h, cuda_prox_shape(prox_shape(h)), -1, [&](auto rule, auto shape) {
+    return launch_variant<decltype(rule), decltype(shape)::value>(c, stream);
+  });
 }
 
 int image_status() {
@@ -276,14 +241,16 @@ int image_status() {
   return int(cudaFuncGetAttributes(&attr, step_kernel<Sgd<false>, 0>));
 }
 
-}  // namespace proxopt::cuda::PROXOPT_CUDA_NS
+}  // namespace proxopt::cuda::PROXOPT_CUDA_DTYPE
 
-#if PROXOPT_CUDA_DTYPE == 0
 namespace proxopt::cuda {
+// Defined once, in the first dtype's unit (CMake defines PROXOPT_CUDA_FIRST_DTYPE there).
+#if defined(PROXOPT_CUDA_FIRST_DTYPE)
 int launch_bump(const Bump& b, void* stream) {
   if (b.count == 0) return 0;
-  f32::bump_kernel<<<unsigned((b.count + kThreads - 1) / kThreads), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(b);
+  PROXOPT_CUDA_DTYPE::bump_kernel<<<unsigned((b.count + kThreads - 1) / kThreads), kThreads, 0,
+                                    static_cast<cudaStream_t>(stream)>>>(b);
   return int(cudaGetLastError());
 }
-}  // namespace proxopt::cuda
 #endif
+}  // namespace proxopt::cuda

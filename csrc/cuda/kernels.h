@@ -2,6 +2,8 @@
 // kernels (kernels.cu, compiled by nvcc once per storage dtype).
 #pragma once
 
+#include "../proxopt/dtypes.h"
+#include "../proxopt/variants.h"
 #include "launch.h"
 
 namespace proxopt::cuda {
@@ -12,33 +14,20 @@ namespace proxopt::cuda {
 // first failed launch; -1 when this dtype has no kernel for the variant.
 using LaunchFn = int (*)(const Tensors& c, const Hyper& variant, void* stream);
 
-// Each dtype's translation unit (kernels.cu with PROXOPT_CUDA_NS) defines:
+// Each dtype's translation unit (kernels.cu with PROXOPT_CUDA_DTYPE = its tag) defines:
 //   launch:        the LaunchFn of its dtype;
 //   image_status(): 0 if this module has a kernel image for the current
 //                  device, else the cudaError_t (e.g. no image for its arch).
-#define PROXOPT_DECLARE_CUDA_DTYPE(name)                                 \
-  namespace name {                                                       \
+#define PROXOPT_DECLARE_CUDA_DTYPE(tag, name, bytes)                     \
+  namespace tag {                                                        \
   int launch(const Tensors& c, const Hyper& variant, void* stream);      \
   int image_status();                                                    \
   }
-PROXOPT_DECLARE_CUDA_DTYPE(f32)
-PROXOPT_DECLARE_CUDA_DTYPE(f64)
-PROXOPT_DECLARE_CUDA_DTYPE(f16)
-PROXOPT_DECLARE_CUDA_DTYPE(bf16)
+PROXOPT_DTYPES(PROXOPT_DECLARE_CUDA_DTYPE)
 #undef PROXOPT_DECLARE_CUDA_DTYPE
 
 // Increments the step counters in `b` (after every kernel of the call), unless
 // found_inf is set. Defined in the float32 translation unit.
 int launch_bump(const Bump& b, void* stream);
-
-// The prox shape the CUDA kernels are instantiated for, from the CPU's
-// (coeffs.h prox_shape): arithmetic is cheap next to memory on a GPU, so every
-// regularized step takes the general shape of its kind (unused proxes at their
-// exact neutral values): plain, general, adaptive general, and the two group ones.
-inline unsigned cuda_prox_shape(unsigned p) {
-  if ((p & kGroup) != 0) return p;
-  if ((p & kAdaptive) != 0) return kAdaptive | kGeneral;
-  return p == 0 ? 0u : kGeneral;
-}
 
 }  // namespace proxopt::cuda

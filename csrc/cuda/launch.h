@@ -29,6 +29,7 @@
 #include <cstdint>
 
 #include "../proxopt/coeffs.h"
+#include "../proxopt/rules.h"
 
 namespace proxopt::cuda {
 
@@ -93,7 +94,7 @@ PROXOPT_HD Span locate(const Launch<D, G>& L, int32_t block) {
 
 // One tensor of a call, as the operator's checks found it.
 struct TensorArgs {
-  uintptr_t ptr[5];                      // param, grad, states
+  uintptr_t ptr[2 + kMaxStates];         // param, grad, states
   int64_t numel;                         // real elements
   uintptr_t step;
   int bucket;                            // index into Tensors::hyper

@@ -9,6 +9,8 @@
 #include <cuda_runtime_api.h>
 
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../op/cuda_op.h"
@@ -47,6 +49,25 @@ std::string device_error(int device) {
 // its data at addresses[i]. Returns per launch its blocks and, per tensor,
 // (source index, element offset, elements, first block, bucket slot, aligned),
 // and with `spans` what every block covers, decoded as the kernel decodes it.
+// fn(std::integral_constant<int, D>{}, std::bool_constant<G>{}) for the
+// Launch<D, G> of a variant with `nstates` states (D = 2 + nstates).
+template <class Fn, int... S>
+auto with_launch_of(std::integer_sequence<int, S...>, int nstates, bool grouped, Fn& fn) {
+  using R = decltype(fn(std::integral_constant<int, 2>{}, std::false_type{}));
+  R out{};
+  (void)((nstates == S ? (out = grouped ? fn(std::integral_constant<int, 2 + S>{}, std::true_type{})
+                                        : fn(std::integral_constant<int, 2 + S>{}, std::false_type{}),
+                          true)
+                       : false) ||
+         ...);
+  return out;
+}
+
+template <class Fn>
+auto with_launch(int nstates, bool grouped, Fn&& fn) {
+  return with_launch_of(std::make_integer_sequence<int, kMaxStates + 1>{}, nstates, grouped, fn);
+}
+
 template <int D, bool G>
 py::list plan_impl(const Tensors& c, bool spans) {
   py::list launches;
@@ -79,14 +100,14 @@ py::list plan_impl(const Tensors& c, bool spans) {
 py::list plan(const std::vector<int64_t>& numels, const std::vector<int>& buckets,
               const std::vector<uintptr_t>& addresses, int nstates, int elem_size, bool grouped, bool spans) {
   const size_t n = numels.size();
-  if (buckets.size() != n || addresses.size() != n || nstates < 0 || nstates > 3 || elem_size <= 0) {
+  if (buckets.size() != n || addresses.size() != n || nstates < 0 || nstates > kMaxStates || elem_size <= 0) {
     throw std::invalid_argument("_plan: lists differ in length, or a bad state count / element size");
   }
   std::vector<TensorArgs> ts(n);
   int nb = 0;
   for (size_t i = 0; i < n; ++i) {
     if (numels[i] < 0 || buckets[i] < 0) throw std::invalid_argument("_plan: negative numel or bucket");
-    for (int d = 0; d < 5; ++d) ts[i].ptr[d] = addresses[i];
+    for (int d = 0; d < 2 + kMaxStates; ++d) ts[i].ptr[d] = addresses[i];
     ts[i].numel = numels[i];
     ts[i].bucket = buckets[i];
     ts[i].outer = 1;
@@ -105,16 +126,7 @@ py::list plan(const std::vector<int64_t>& numels, const std::vector<int>& bucket
   c.lr = lr.data();
   c.lr_f64 = lr_f64.data();
   c.elem_size = elem_size;
-  switch (c.nptr * 2 + int(grouped)) {
-    case 4: return plan_impl<2, false>(c, spans);
-    case 5: return plan_impl<2, true>(c, spans);
-    case 6: return plan_impl<3, false>(c, spans);
-    case 7: return plan_impl<3, true>(c, spans);
-    case 8: return plan_impl<4, false>(c, spans);
-    case 9: return plan_impl<4, true>(c, spans);
-    case 10: return plan_impl<5, false>(c, spans);
-    default: return plan_impl<5, true>(c, spans);
-  }
+  return with_launch(nstates, grouped, [&](auto d, auto g) { return plan_impl<decltype(d)::value, decltype(g)::value>(c, spans); });
 }
 
 template <int D, bool G>
@@ -133,16 +145,8 @@ PYBIND11_MODULE(_C_cuda, m) {
   m.def("_plan", &pc::plan, py::arg("numels"), py::arg("buckets"), py::arg("addresses"), py::arg("nstates"),
         py::arg("elem_size"), py::arg("grouped") = false, py::arg("spans") = false);
   m.def("_launch_limits", [](int nstates, bool grouped) {
-    switch (nstates * 2 + int(grouped)) {
-      case 0: return pc::limits<2, false>();
-      case 1: return pc::limits<2, true>();
-      case 2: return pc::limits<3, false>();
-      case 3: return pc::limits<3, true>();
-      case 4: return pc::limits<4, false>();
-      case 5: return pc::limits<4, true>();
-      case 6: return pc::limits<5, false>();
-      default: return pc::limits<5, true>();
-    }
+    if (nstates < 0 || nstates > proxopt::kMaxStates) throw std::invalid_argument("_launch_limits: bad state count");
+    return pc::with_launch(nstates, grouped, [](auto d, auto g) { return pc::limits<decltype(d)::value, decltype(g)::value>(); });
   }, py::arg("nstates"), py::arg("grouped") = false);
   m.attr("CHUNK_ELEMS") = pc::kChunkElems;
   m.attr("THREADS") = pc::kThreads;

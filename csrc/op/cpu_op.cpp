@@ -1,5 +1,5 @@
 // proxopt::step on the CPU: the schema's registration and the CPU kernel.
-// Checks every tensor of the call (call.h), then reads the step counters,
+// Checks every tensor of the call (checks.h), then reads the step counters,
 // derives the per-step scalars once per distinct step count, and runs every
 // chunk of every tensor in one parallel region of torch's thread pool.
 #include <torch/csrc/stable/library.h>
@@ -14,7 +14,7 @@
 #include "../cpu/driver.h"
 #include "../cpu/isa.h"
 #include "../proxopt/coeffs.h"
-#include "call.h"
+#include "checks.h"
 
 namespace proxopt::op {
 namespace {
@@ -69,15 +69,16 @@ void run_chunks(const std::vector<Chunk>& chunks, const std::vector<TensorTask>&
   });
 }
 
-// The boxed kernel (the schema in call.h): arguments unboxed by hand, see call.h.
+// The boxed kernel (the schema in schema.h): arguments unboxed by hand, see abi.h.
 void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) {
   Args args;
   unbox(stack, num_args, args);
-  const Call c = check_call(args, Backend::kCpu);
+  const Call c = checked_call(args, Backend::kCpu);
+  if (c.refused) return;
   const bool check_only = args.check_only;
   std::vector<KernelSet> kernels(c.buckets.size());
   for (size_t b = 0; b < c.buckets.size(); ++b) {
-    kernels[b] = cpu::select_kernels(c.buckets[b].h, cpu::DType(int(c.buckets[b].dtype->kernel)));
+    kernels[b] = cpu::select_kernels(c.buckets[b].h, c.buckets[b].dtype->kernel);
     if (kernels[b].plain == nullptr && kernels[b].groups == nullptr) {
       fail("bucket " + std::to_string(b) + ": no kernel for this rule, prox shape and dtype");
     }
@@ -85,9 +86,7 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
   if (check_only || !c.any_stepped) return;
   // AMP: an overflow step leaves every parameter, state and step counter as it was.
   if (c.found_inf != nullptr && *static_cast<const float*>(c.found_inf) != 0.0f) return;
-  // As torch's GradScaler: the inverse scale in double, rounded to float32.
-  const double inv_scale =
-      c.grad_scale != nullptr ? double(float(1.0 / double(*static_cast<const float*>(c.grad_scale)))) : 1.0;
+  const double inv_scale = inv_grad_scale(static_cast<const float*>(c.grad_scale));
 
   // The per-step scalars, once per distinct step count of a bucket (every
   // parameter of a group usually has the same), and the step increments.
@@ -159,6 +158,6 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
 }  // namespace
 }  // namespace proxopt::op
 
-STABLE_TORCH_LIBRARY(proxopt, m) { m.def(proxopt::op::kStepSchema); }
+STABLE_TORCH_LIBRARY(proxopt, m) { m.def(proxopt::op::step_schema()); }
 
 STABLE_TORCH_LIBRARY_IMPL(proxopt, CPU, m) { m.impl("step", &proxopt::op::step_cpu); }

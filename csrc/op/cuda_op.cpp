@@ -1,5 +1,5 @@
 // proxopt::step on CUDA (registered by proxopt._C_cuda): the same checks as
-// the CPU kernel (call.h), then the launches on PyTorch's current stream of
+// the CPU kernel (checks.h), then the launches on PyTorch's current stream of
 // the parameters' device. Nothing is read back to the host: step counters,
 // a tensor lr and AMP's grad_scale / found_inf stay on the device, where the
 // kernels read them; a step can therefore be captured in a CUDA graph.
@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../cuda/kernels.h"
-#include "call.h"
+#include "checks.h"
 #include "cuda_op.h"
 
 namespace proxopt::op {
@@ -61,21 +61,21 @@ void* current_stream(int device) {
 
 cuda::LaunchFn launcher(DType d) {
   switch (d) {
-    case DType::kFloat32: return cuda::f32::launch;
-    case DType::kFloat64: return cuda::f64::launch;
-    case DType::kFloat16: return cuda::f16::launch;
-    case DType::kBFloat16: return cuda::bf16::launch;
+#define PROXOPT_LAUNCHER(tag, name, bytes) \
+  case DType::tag: return cuda::tag::launch;
+    PROXOPT_DTYPES(PROXOPT_LAUNCHER)
+#undef PROXOPT_LAUNCHER
   }
   return nullptr;
 }
 
-// Buckets that run the same kernel variant share launches.
-using VariantKey = std::tuple<int, int, bool, bool, bool, unsigned>;
+// Buckets that run the same kernel variant (dtype, rule, state mask, prox
+// shape) share launches.
+using VariantKey = std::tuple<int, int, unsigned, unsigned>;
 
 VariantKey variant_of(const Bucket& b) {
   const Hyper& h = b.h;
-  return {int(b.dtype->kernel), int(h.rule), h.momentum != 0, h.momentum > 0, h.amsgrad != 0 || h.centered != 0,
-          cuda::cuda_prox_shape(prox_shape(h))};
+  return {int(b.dtype->kernel), int(h.rule), state_mask(h), cuda_prox_shape(prox_shape(h))};
 }
 
 void check_launch(int err, int device) {
@@ -89,8 +89,8 @@ void check_launch(int err, int device) {
 void step_cuda(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) {
   Args args;
   unbox(stack, num_args, args);
-  const Call c = check_call(args, Backend::kCuda);
-  if (args.check_only || !c.any_stepped) return;
+  const Call c = checked_call(args, Backend::kCuda);
+  if (c.refused || args.check_only || !c.any_stepped) return;
   torch::stable::accelerator::DeviceGuard guard(c.device);
   void* stream = current_stream(c.device);
 

@@ -7,17 +7,23 @@
 
 #include <cmath>
 
-#include "hyper.h"
 #include "math.h"
+#include "rules.h"
 
 namespace proxopt {
+
+// AMP's inverse scale as torch's GradScaler computes it: the reciprocal in
+// double, rounded to float32 (1 without AMP).
+PROXOPT_HD double inv_grad_scale(const float* grad_scale) {
+  return grad_scale != nullptr ? double(float(1.0 / double(*grad_scale))) : 1.0;
+}
 
 // `t` is the step count after this step's increment, `lr` the group's lr
 // (a tensor lr has been read by the caller), `inv_scale` AMP's 1/grad_scale
 // (1 without AMP), `fresh` an SGD momentum buffer that has no value yet.
 PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, double inv_scale, bool fresh) {
   Coeffs<double> k{};
-  const int rule = int(h.rule);
+  const RuleKind rule = RuleKind(int(h.rule));  // (Hyper's methods are host code)
   double prox_lr = lr;  // the lr the prox thresholds scale with
   k.grad_mul = h.maximize != 0 ? -inv_scale : inv_scale;
   k.eps = h.eps;
@@ -28,7 +34,7 @@ PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, doubl
   k.decay = 1.0;
   k.inv_bc2_sqrt = 1.0;
   k.neg_step = -lr;
-  if (rule == 1) {  // Adam
+  if (rule == RuleKind::kAdam) {
     const double bc1 = 1.0 - pow(h.beta1, t);
     const double bc2 = 1.0 - pow(h.beta2, t);
     k.neg_step = -(lr / bc1);
@@ -36,7 +42,7 @@ PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, doubl
     k.beta1_weight = 1.0 - h.beta1;
     k.beta2 = h.beta2;
     k.one_minus_beta2 = 1.0 - h.beta2;
-  } else if (rule == 2) {  // Adagrad: lr / (1 + (t - 1) * lr_decay)
+  } else if (rule == RuleKind::kAdagrad) {  // lr / (1 + (t - 1) * lr_decay)
     prox_lr = lr / (1.0 + (t - 1.0) * h.lr_decay);
     k.neg_step = -prox_lr;
   }
@@ -80,8 +86,8 @@ PROXOPT_HD Coeffs<M> finish_coeffs(Coeffs<M> k) {
 
 // The prox shape (math.h) a group's hyperparameters need: exactly their
 // proxes for a single regularizer (and L1 + L2), the general shape otherwise.
-// The CPU and CUDA kernels are instantiated for these (cuda/kernels.h maps
-// them onto fewer CUDA shapes).
+// It returns one of variants.h's CpuShapes (cuda_prox_shape maps it onto the
+// fewer CUDA shapes).
 inline unsigned prox_shape(const Hyper& h) {
   unsigned used = (h.l1 != 0 ? kL1 : 0u) | (h.l0 != 0 ? kL0 : 0u) | (h.l2 != 0 ? kRidge : 0u);
   if (h.has_group()) return kGroup | (used != 0 ? (kL1 | kL0 | kRidge) : 0u);

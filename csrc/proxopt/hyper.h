@@ -14,15 +14,27 @@
 
 namespace proxopt {
 
-// rule: 0 SGD, 1 Adam, 2 Adagrad, 3 RMSprop. Booleans are 0 or 1.
-// lo/hi: bounds (+-inf when unconstrained); max_norm 0: no constraint;
-// group_dim: the dim group_lasso and max_norm act along (any sign).
-#define PROXOPT_HYPER_FIELDS(X)                                                               \
-  X(rule) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha)   \
-  X(lr_decay) X(l1) X(l2) X(l0) X(lo) X(hi) X(group_lasso) X(max_norm) X(group_dim)           \
-  X(maximize) X(decoupled_weight_decay) X(amsgrad) X(nesterov) X(centered) X(adaptive)
+// The rule's fields first (rule: 0 SGD, 1 Adam, 2 Adagrad, 3 RMSprop; booleans
+// 0 or 1), then the regularizers' (Python derives those from its keyword
+// table, proxopt/regularizers.py, in this order): lo/hi are the bounds
+// (+-inf when unconstrained), adaptive the prox metric, group_dim the dim
+// group_lasso and max_norm act along (any sign), max_norm 0 no constraint.
+#define PROXOPT_HYPER_FIELDS(X)                                                                  \
+  X(rule) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha)      \
+  X(lr_decay) X(maximize) X(decoupled_weight_decay) X(amsgrad) X(nesterov) X(centered)           \
+  X(l1) X(l2) X(l0) X(lo) X(hi) X(adaptive) X(group_lasso) X(group_dim) X(max_norm)
 
 enum class RuleKind : int { kSgd = 0, kAdam = 1, kAdagrad = 2, kRmsprop = 3 };
+constexpr int kRuleKinds = 4;
+
+// Each field's index in the list (kField_lr, ...): the rule table names the
+// hyperparameters that switch a state on by these.
+enum HyperField : int {
+#define PROXOPT_INDEX(name) kField_##name,
+  PROXOPT_HYPER_FIELDS(PROXOPT_INDEX)
+#undef PROXOPT_INDEX
+  kHyperFields
+};
 
 struct Hyper {
 #define PROXOPT_FIELD(name) double name = 0;
@@ -34,12 +46,16 @@ struct Hyper {
   bool has_elementwise_prox() const {
     return l1 != 0 || l0 != 0 || l2 != 0 || std::isfinite(lo) || std::isfinite(hi);
   }
-  bool has_denom() const { return kind() != RuleKind::kSgd; }
+  // The value of field `f` (a HyperField).
+  double field(int f) const {
+    const double* values[] = {
+#define PROXOPT_ADDRESS(name) &name,
+        PROXOPT_HYPER_FIELDS(PROXOPT_ADDRESS)
+#undef PROXOPT_ADDRESS
+    };
+    return *values[f];
+  }
 };
-
-#define PROXOPT_COUNT(name) +1
-constexpr int kHyperFields = 0 PROXOPT_HYPER_FIELDS(PROXOPT_COUNT);
-#undef PROXOPT_COUNT
 
 // The field names, in order (exported to Python for the load-time check).
 inline const char* const* hyper_field_names() {
@@ -61,7 +77,7 @@ inline Hyper parse_hyper(const double* v, const std::string& where) {
     if (!ok) throw std::invalid_argument(where + ": " + what);
   };
   auto is_bool = [](double x) { return x == 0 || x == 1; };
-  require(h.rule == 0 || h.rule == 1 || h.rule == 2 || h.rule == 3,
+  require(h.rule == std::floor(h.rule) && h.rule >= 0 && h.rule < kRuleKinds,
           "unknown rule code " + std::to_string(h.rule));
   require(is_bool(h.maximize) && is_bool(h.decoupled_weight_decay) && is_bool(h.amsgrad) &&
               is_bool(h.nesterov) && is_bool(h.centered) && is_bool(h.adaptive),
@@ -74,21 +90,7 @@ inline Hyper parse_hyper(const double* v, const std::string& where) {
   require(!(h.l1 != 0 && h.l0 != 0), "l1 and l0 cannot be combined");
   require(!(h.lo > h.hi) && !std::isnan(h.lo) && !std::isnan(h.hi), "bounds need lo <= hi");
   require(h.group_dim == std::floor(h.group_dim) && std::fabs(h.group_dim) < 64, "group_dim must be an int");
-  require(!(h.adaptive != 0 && (!h.has_denom() || h.has_group())),
-          "prox_metric='adaptive' needs a rule with a preconditioner and no group prox");
   return h;
-}
-
-// State tensors the rule variant reads and writes, in the order Python lays
-// them out (python/proxopt/*.py: _state_keys).
-inline int state_count(const Hyper& h) {
-  switch (h.kind()) {
-    case RuleKind::kSgd: return h.momentum != 0 ? 1 : 0;
-    case RuleKind::kAdam: return h.amsgrad != 0 ? 3 : 2;
-    case RuleKind::kAdagrad: return 1;
-    case RuleKind::kRmsprop: return 1 + (h.momentum > 0) + (h.centered != 0);
-  }
-  return -1;
 }
 
 }  // namespace proxopt

@@ -2,7 +2,7 @@
 // CUDA kernels. Every line mirrors python/proxopt/reference.py in the same
 // order of operations, so fused and reference results stay within rounding.
 //
-// Order inside a step (DESIGN.md), all in one visit of the element:
+// Order inside a step, all in one visit of the element:
 //   1. g <- grad * (1/grad_scale) (AMP), negated if maximize;
 //   2. g <- g + wd * w                 (coupled weight decay);
 //   3. the rule's state update and direction d;
@@ -53,37 +53,61 @@ enum : unsigned {
   kGroup = 1u << 5,
 };
 constexpr unsigned kGeneral = kL1 | kL0 | kRidge | kClamp;
+// A group prox with elementwise proxes before it (the bounds follow the group).
+constexpr unsigned kGroupGeneral = kGroup | kL1 | kL0 | kRidge;
 
 // The scalars of one tensor's step, computed once on the host in double
-// (coeffs.h) and rounded once to the math type M.
+// (coeffs.h) and rounded once to the math type M. Each field is declared
+// once, in one of three lists by its type: the math type, double (the group
+// proxes decide in double, see group_factor) and int32 switches (0 or 1;
+// int32, not bool: GCC packs adjacent bools of a copied struct into one word
+// and then cannot vectorize selects on them). cast() follows from the lists.
+#define PROXOPT_COEFFS_MATH(X)                                                         \
+  X(grad_mul)        /* AMP's 1 / grad_scale (1 without AMP), negative if maximize */ \
+  X(wd)              /* coupled weight decay (0 when off or decoupled) */             \
+  X(decay)           /* decoupled decay factor 1 - lr * wd (1 when off: exact) */     \
+  X(neg_step)        /* -(step size); Adam: -lr / (1 - beta1^t) */                    \
+  X(beta1_weight)    /* Adam: 1 - beta1 (lerp weight of the first moment) */          \
+  X(beta2) X(one_minus_beta2)                                                         \
+  X(inv_bc2_sqrt)    /* Adam: 1 / sqrt(1 - beta2^t) */                                \
+  X(eps)                                                                              \
+  X(momentum) X(one_minus_dampening) /* SGD / RMSprop momentum */                     \
+  X(alpha) X(one_minus_alpha)        /* RMSprop smoothing */                          \
+  X(l1_tau) X(l0_tau) /* lr * lambda */                                               \
+  X(l0_thr)          /* sqrt(2 * l0_tau), -1 when off (finish_coeffs) */              \
+  X(l2_tau)                                                                           \
+  X(l2_mul)          /* the euclidean ridge factor 1 / (1 + l2_tau) (finish_coeffs) */ \
+  X(lo) X(hi)        /* bounds */                                                     \
+  X(m_lerp) X(a_lerp) /* lerp factors of beta1_weight, one_minus_alpha (finish_coeffs) */
+#define PROXOPT_COEFFS_DOUBLE(X)                                                       \
+  X(group_lambda)    /* lr * group_lasso (the group's tau: times sqrt(group size)) */ \
+  X(max_norm)
+#define PROXOPT_COEFFS_SWITCH(X) \
+  X(coupled) X(nesterov) X(fresh) X(group_lasso_on) X(max_norm_on) X(m_lerp_hi) X(a_lerp_hi)
+
 template <class M>
 struct Coeffs {
-  M grad_mul;             // AMP's 1 / grad_scale (1 without AMP), negative if maximize
-  M wd;                   // coupled weight decay (0 when off or decoupled)
-  M decay;                // decoupled decay factor 1 - lr * wd (1 when off: exact)
-  M neg_step;             // -(step size); Adam: -lr / (1 - beta1^t)
-  M beta1_weight;         // Adam: 1 - beta1 (lerp weight of the first moment)
-  M beta2, one_minus_beta2, inv_bc2_sqrt;  // Adam second moment, 1 / sqrt(1 - beta2^t)
-  M eps;
-  M momentum, one_minus_dampening;     // SGD / RMSprop momentum
-  M alpha, one_minus_alpha;            // RMSprop smoothing
-  M l1_tau, l0_tau, l0_thr, l2_tau;    // lr * lambda; l0_thr = sqrt(2 * l0_tau), -1 when off
-  M l2_mul;                            // the euclidean ridge factor 1 / (1 + l2_tau) (finish_coeffs)
-  M lo, hi;                            // bounds
-  M m_lerp, a_lerp;                    // lerp factors of beta1_weight, one_minus_alpha (finish_coeffs)
-  double group_lambda;                 // lr * group_lasso (times sqrt(group size): the group's tau)
-  double max_norm;                     // group proxes decide in double (see group_factor)
-  // Uniform switches, 0 or 1. int32, not bool: GCC packs adjacent bools of a
-  // copied struct into one word and then cannot vectorize selects on them.
-  int32_t coupled, nesterov, fresh, group_lasso_on, max_norm_on, m_lerp_hi, a_lerp_hi;
+#define PROXOPT_MATH_FIELD(name) M name;
+#define PROXOPT_DOUBLE_FIELD(name) double name;
+#define PROXOPT_SWITCH_FIELD(name) int32_t name;
+  PROXOPT_COEFFS_MATH(PROXOPT_MATH_FIELD)
+  PROXOPT_COEFFS_DOUBLE(PROXOPT_DOUBLE_FIELD)
+  PROXOPT_COEFFS_SWITCH(PROXOPT_SWITCH_FIELD)
+#undef PROXOPT_MATH_FIELD
+#undef PROXOPT_DOUBLE_FIELD
+#undef PROXOPT_SWITCH_FIELD
 
   template <class N>
   PROXOPT_HD Coeffs<N> cast() const {
-    return Coeffs<N>{N(grad_mul), N(wd), N(decay), N(neg_step), N(beta1_weight), N(beta2),
-                     N(one_minus_beta2), N(inv_bc2_sqrt), N(eps), N(momentum), N(one_minus_dampening),
-                     N(alpha), N(one_minus_alpha), N(l1_tau), N(l0_tau), N(l0_thr), N(l2_tau),
-                     N(l2_mul), N(lo), N(hi), N(m_lerp), N(a_lerp), group_lambda, max_norm, coupled,
-                     nesterov, fresh, group_lasso_on, max_norm_on, m_lerp_hi, a_lerp_hi};
+    Coeffs<N> out;
+#define PROXOPT_CAST_MATH(name) out.name = N(name);
+#define PROXOPT_COPY(name) out.name = name;
+    PROXOPT_COEFFS_MATH(PROXOPT_CAST_MATH)
+    PROXOPT_COEFFS_DOUBLE(PROXOPT_COPY)
+    PROXOPT_COEFFS_SWITCH(PROXOPT_COPY)
+#undef PROXOPT_CAST_MATH
+#undef PROXOPT_COPY
+    return out;
   }
 };
 
@@ -140,10 +164,14 @@ PROXOPT_HD M ridge(M w, M tau) {
 // ---- update rules ---------------------------------------------------------
 // Rule::update(w, g, s, k) advances the states s[0..kStates), moves w
 // (steps 3-5) and returns the per-element preconditioner (1 where the rule
-// has none), which the adaptive prox metric divides by.
+// has none), which the adaptive prox metric divides by. kRule is the rule's
+// code and kMask the states it keeps, as bits of its row of the rule table
+// (rules.h); variants.h checks kStates and kHasDenom against that table.
 
 template <bool Momentum>
 struct Sgd {
+  static constexpr int kRule = 0;
+  static constexpr unsigned kMask = Momentum ? 1u : 0u;
   static constexpr int kStates = Momentum ? 1 : 0;  // momentum_buffer
   static constexpr bool kHasDenom = false;
   template <class M>
@@ -161,6 +189,8 @@ struct Sgd {
 
 template <bool Amsgrad>
 struct Adam {
+  static constexpr int kRule = 1;
+  static constexpr unsigned kMask = Amsgrad ? 7u : 3u;
   static constexpr int kStates = Amsgrad ? 3 : 2;  // exp_avg, exp_avg_sq, max_exp_avg_sq
   static constexpr bool kHasDenom = true;
   template <class M>
@@ -182,6 +212,8 @@ struct Adam {
 };
 
 struct Adagrad {
+  static constexpr int kRule = 2;
+  static constexpr unsigned kMask = 1u;
   static constexpr int kStates = 1;  // sum
   static constexpr bool kHasDenom = true;
   template <class M>
@@ -196,6 +228,8 @@ struct Adagrad {
 
 template <bool Centered, bool Momentum>
 struct Rmsprop {
+  static constexpr int kRule = 3;
+  static constexpr unsigned kMask = 1u | (Momentum ? 2u : 0u) | (Centered ? 4u : 0u);
   // square_avg, then momentum_buffer (if momentum), then grad_avg (if centered)
   static constexpr int kStates = 1 + int(Momentum) + int(Centered);
   static constexpr bool kHasDenom = true;
@@ -256,13 +290,19 @@ PROXOPT_HD M step_element(M w, M g, M* s, const Coeffs<M>& k) {
 
 // ---- group proxes: one factor per group, from the norm of its updated weights
 
+// A group's threshold: lr * group_lasso * sqrt(group size), in double, in
+// the reference's order.
+PROXOPT_HD double group_tau(double group_lambda, int64_t group_size) {
+  return group_lambda * std::sqrt(double(group_size));
+}
+
 // Group soft threshold max(0, 1 - tau/||w_g||) (0 when ||w_g|| <= tau), then
 // the max-norm projection min(1, c/||w_g||) of the shrunk group, whose norm
 // is ||w_g|| times the first factor. NaN norms propagate. The norm arrives in
 // double (sums of squares are accumulated in double) and the factor is
 // computed in double, so a group whose norm exceeds the math type's range
 // (||w|| > FLT_MAX for float) is still scaled, not zeroed.
-// `tau` is the group's threshold lr * group_lasso * sqrt(group size).
+// `tau` is the group's threshold (group_tau).
 template <class M>
 PROXOPT_HD M group_factor(double norm, double tau, const Coeffs<M>& k) {
   double f = 1.0;

@@ -1,8 +1,14 @@
 """One way through a step: which tensors the operator ``proxopt::step`` takes,
 the flat state kept for them, the call, and the reference path for the rest.
 
-A :class:`Plan` is built once (``_init_group``) and reused while nothing it
-depends on changes; :func:`plan_is_current` checks that every step:
+The optimizer hands this module data, never itself: a frozen :class:`StepSpec`
+(its rule's row of :data:`proxopt.rules.RULES` and its name), its param groups,
+its state dict, each group's validated :class:`~proxopt.hyper.Hyper`, and
+AMP's tensors. It keeps the :class:`Plan` that :func:`build_plan` returns
+and passes it back to :func:`step`.
+
+A :class:`Plan` is reused while nothing it depends on changes;
+:meth:`Plan.matches` checks that every step:
 
 * the optimizer's param groups, each group's ``params`` list (by identity),
   its state layout (``amsgrad``, ``momentum``, ``centered`` change it) and its
@@ -13,7 +19,8 @@ depends on changes; :func:`plan_is_current` checks that every step:
 
 What a plan cannot see coming (``.data`` rebound to a tensor the kernel
 cannot take, a non-contiguous grad) the operator finds in its checks, before
-writing anything; the step then rebuilds the plan and runs again.
+writing anything, and reports as a refusal code; :func:`step` then returns
+``None`` and the optimizer rebuilds the plan and steps again.
 
 For the kernel tensors of one (param group, device, dtype) -- a *bucket* --
 every state key is one row of an (S, N) tensor and every step counter one
@@ -30,36 +37,68 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import operator
-import re
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from . import _native, reference
+from .checks import check_grad, label
 from .distributed import is_dtensor, local_tensor, sharded_group_prox_, split_group_prox
 from .hyper import HYPER_FIELDS, Hyper, hyper_values
 from .regularizers import group_dim_of
+from .rules import RuleSpec, exported_rules
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .optimizer import ProxOptimizer
 
-if _native.C is not None and tuple(_native.C.HYPER_FIELDS) != HYPER_FIELDS:
-    _native.disable(
-        "proxopt._C was built from other sources than this Python package (its hyperparameter "
-        f"layout {tuple(_native.C.HYPER_FIELDS)} is not {HYPER_FIELDS}); rebuild it"
-    )
+class StepArgs(NamedTuple):
+    """The operator's arguments, in its schema's order (``proxopt._C.STEP_ARGS``)."""
+
+    params: list[Tensor]
+    grads: list[Tensor | None]
+    states: list[Tensor]
+    steps: list[Tensor]
+    layout: Tensor
+    hyper: list[float]
+    lrs: list[Tensor | None]
+    grad_scale: Tensor | None
+    found_inf: Tensor | None
+    refusal: Tensor | None
+    check_only: bool
+
+
+def _check_build() -> str | None:
+    """Why the loaded proxopt._C does not fit this Python package, or None."""
+    C = _native.C
+    for what, built, here in [
+        ("hyperparameter layout", tuple(C.HYPER_FIELDS), HYPER_FIELDS),
+        ("rule table", tuple(C.RULES), exported_rules()),
+        ("operator arguments", tuple(C.STEP_ARGS), StepArgs._fields),
+    ]:
+        if built != here:
+            return f"proxopt._C was built from other sources than this Python package (its {what} {built} is not {here}); rebuild it"
+    return None
+
+
+if _native.C is not None and (_mismatch := _check_build()) is not None:
+    _native.disable(_mismatch)
 
 if _native.C is not None:
 
     @torch.library.register_fake("proxopt::step")
-    def _step_fake(params, grads, states, steps, layout, hyper, lrs, grad_scale, found_inf, check_only=False):
+    def _step_fake(*args):
         return None  # mutates its arguments in place; nothing to allocate
 
+    ALIGN: int = _native.C.STATE_ALIGN  # state columns of a parameter start at a multiple of this
+    _REFUSALS: dict[str, int] = dict(_native.C.REFUSALS)
+    # A parameter dtype -> its states' dtype (the real dtype of a complex one).
+    _STATE_DTYPE = {getattr(torch, k): getattr(torch, v) for k, v in _native.C.STATE_DTYPES.items()}
 
-ALIGN = 16  # state columns of a parameter start at a multiple of this (64 bytes of float32)
-_ERROR = re.compile(r"proxopt\.step: (reroute )?tensor (\d+): (.*)", re.S)
-_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+class StepSpec(NamedTuple):
+    """What dispatch needs to know of the optimizer: its rule and its name (for messages)."""
+
+    rule: RuleSpec
+    name: str  # "proxopt.AdamW"
 
 
 class Bucket(NamedTuple):
@@ -85,31 +124,22 @@ class DeviceCall(NamedTuple):
     steps: list[Tensor]
     layout: Tensor
     dtensor: bool
-
-
-class Plan(NamedTuple):
-    calls: list[DeviceCall]
-    slow: list[tuple[int, int]]  # (group, position) of each parameter on the reference path
-    outside: list[Tensor]        # kernel-eligible parameters with no state and no grad yet
-    groups: list[dict]
-    group_params: list[list[Tensor]]
-    group_keys: list[tuple[str, ...]]
-    group_fused: list[bool]
-    state: Any
-    state_values: list[Any]
-    created: list[Tensor]        # parameters whose state this plan created (undone if its first step fails)
-
-
-# ---- is the plan still the truth? ------------------------------------------------
+    refusal: Tensor             # where the operator reports a tensor it does not take
+    groups: list[dict]          # the param groups (where's first index), for messages
 
 
 def _state_values(state: dict) -> list[Any]:
     return list(itertools.chain.from_iterable(map(dict.values, state.values())))
 
 
+def _fused(group: dict) -> bool:
+    return group.get("fused") is not False
+
+
 class _PythonChecks:
-    """The helpers of proxopt._C, for a plan without the extension (every tensor
-    on the reference path)."""
+    """The identity comparisons of proxopt._C, in Python: without the
+    extension, and while torch.compile traces (its guards then watch every
+    object compared)."""
 
     @staticmethod
     def same_items(a, b) -> bool:
@@ -121,50 +151,33 @@ class _PythonChecks:
         return len(values) == len(expected) and all(map(operator.is_, values, expected))
 
 
-def _plan_is_current_py(plan: Plan | None, opt: ProxOptimizer) -> bool:
-    if plan is None or opt.state is not plan.state:
-        return False
-    for group, gref, params, keys, fused in zip(opt.param_groups, plan.groups, plan.group_params, plan.group_keys,
-                                                plan.group_fused):
-        if group is not gref or len(group["params"]) != len(params):
-            return False
-        for p, q in zip(group["params"], params):
-            if p is not q:
-                return False
-        if opt._state_keys(group) != keys or (group.get("fused") is not False) != fused:
-            return False
-    i = 0
-    for st in opt.state.values():
-        for v in st.values():
-            if i >= len(plan.state_values) or v is not plan.state_values[i]:
-                return False
-            i += 1
-    if i != len(plan.state_values):
-        return False
-    for p in plan.outside:
-        if p.grad is not None:
-            return False
-    return True
+class Plan(NamedTuple):
+    calls: list[DeviceCall]
+    slow: list[tuple[int, int]]  # (group, position) of each parameter on the reference path
+    outside: list[Tensor]        # kernel-eligible parameters with no state and no grad yet
+    groups: list[dict]           # what the plan was built from: the param groups,
+    group_params: list[list[Tensor]]  # their params lists,
+    group_keys: list[tuple[str, ...]]  # their state keys and
+    group_fused: list[bool]      # fused flags, the state dict
+    state: Any
+    state_values: list[Any]      # and the tensors it held
+    created: list[Tensor]        # parameters whose state this plan created (undone if its first step fails)
+    dtensor_groups: list[bool]   # which param groups hold DTensors (FSDP2 shards)
 
-
-def plan_is_current(plan: Plan | None, opt: ProxOptimizer) -> bool:
-    """Whether ``plan`` still describes ``opt`` (see the module docstring).
-    A plan exists only with the extension loaded, whose helpers do the
-    per-tensor identity comparisons in C."""
-    if plan is None or opt.state is not plan.state:
-        return False
-    C = _native.C or _PythonChecks
-    groups = opt.param_groups
-    if not C.same_items(groups, plan.groups):
-        return False
-    for group, params, keys, fused in zip(groups, plan.group_params, plan.group_keys, plan.group_fused):
-        if not C.same_items(group["params"], params):
+    def matches(self, groups: list[dict], state: dict, keys: list[tuple[str, ...]]) -> bool:
+        """Whether this plan still describes param groups ``groups`` with state
+        keys ``keys`` and state dict ``state`` (see the module docstring)."""
+        if state is not self.state:
             return False
-        if opt._state_keys(group) != keys or (group.get("fused") is not False) != fused:
+        C = _native.C if _native.C is not None and not torch.compiler.is_compiling() else _PythonChecks
+        if not C.same_items(groups, self.groups):
             return False
-    if not C.same_state_values(opt.state, plan.state_values):
-        return False
-    return not any(p.grad is not None for p in plan.outside)
+        for group, params, k, gkeys, fused in zip(groups, self.group_params, keys, self.group_keys, self.group_fused):
+            if k != gkeys or _fused(group) != fused or not C.same_items(group["params"], params):
+                return False
+        if not C.same_state_values(state, self.state_values):
+            return False
+        return not any(p.grad is not None for p in self.outside)
 
 
 # ---- building a plan ----------------------------------------------------------------
@@ -212,7 +225,7 @@ def _wrap_like(view: Tensor, owner: Tensor) -> Tensor:
                               shape=owner.shape, stride=owner.stride())
 
 
-def _check_state(opt: ProxOptimizer, group: dict, i: int, p: Tensor, st: dict, keys: tuple[str, ...]) -> None:
+def _check_state(spec: StepSpec, group: dict, i: int, p: Tensor, st: dict, keys: tuple[str, ...]) -> None:
     """An existing state of parameter i (local shape of p) fits it, before anything is built from it."""
     for key in keys:
         if key in st:
@@ -220,68 +233,69 @@ def _check_state(opt: ProxOptimizer, group: dict, i: int, p: Tensor, st: dict, k
             if not torch.is_tensor(src) or src.shape != p.shape:
                 shape = tuple(src.shape) if torch.is_tensor(src) else type(src).__name__
                 raise ValueError(
-                    f"{opt._label(group, i)}: its state {key!r} has shape {shape}, the parameter "
+                    f"{label(group, i)}: its state {key!r} has shape {shape}, the parameter "
                     f"{tuple(p.shape)}: was the parameter or its state replaced? Load a state_dict "
                     "saved for these parameters"
                 )
-    if opt._has_step and "step" in st:
+    if spec.rule.has_step and "step" in st:
         step = st["step"]
         if not (isinstance(step, (int, float)) or (torch.is_tensor(step) and step.numel() == 1)):
-            raise ValueError(f"{opt._label(group, i)}: its state 'step' must be a number or a 1-element tensor, "
+            raise ValueError(f"{label(group, i)}: its state 'step' must be a number or a 1-element tensor, "
                              f"got {step!r}")
 
 
-def _build_bucket(opt: ProxOptimizer, gi: int, group: dict, members: list[int], keys: tuple[str, ...],
+def _build_bucket(spec: StepSpec, state: dict, gi: int, group: dict, members: list[int], keys: tuple[str, ...],
                   register: list) -> Bucket:
     """Allocate a bucket's flat state and fill it from the parameters' existing
     state (or the rule's initial values). The state entries become views of it
     only when every bucket was built (``register``), so a plan that fails to
     build changes nothing."""
     params = group["params"]
+    has_step = spec.rule.has_step
     locals_ = [local_tensor(params[i]) for i in members]
-    existing = [opt.state.get(params[i]) or {} for i in members]
+    existing = [state.get(params[i]) or {} for i in members]
     for p, st, i in zip(locals_, existing, members):
-        _check_state(opt, group, i, p, st, keys)
+        _check_state(spec, group, i, p, st, keys)
     columns, n_cols = [], 0
     for p in locals_:
         columns.append(n_cols)
         real = p.numel() * (2 if p.is_complex() else 1)
         n_cols += -(-real // ALIGN) * ALIGN
     device = locals_[0].device
-    dtype = _REAL.get(locals_[0].dtype, locals_[0].dtype)
-    state = torch.empty((len(keys), n_cols), dtype=dtype, device=device)
+    dtype = _STATE_DTYPE[locals_[0].dtype]
+    flat = torch.empty((len(keys), n_cols), dtype=dtype, device=device)
     step_dtype = _step_dtype([st["step"] for st in existing if torch.is_tensor(st.get("step"))])
     steps_device = torch.device("cpu") if device.type == "cpu" else device
     for row, key in enumerate(keys):
-        init = opt._initial_state(key, group)
+        init = spec.rule.initial_value(key, group)
         for p, col, st in zip(locals_, columns, existing):
-            view = _view(state[row], col, p)
+            view = _view(flat[row], col, p)
             if key in st:
                 view.copy_(local_tensor(st[key]))
             else:
                 view.fill_(init)
-    if opt._has_step:
+    if has_step:
         counts = [float(st["step"]) if "step" in st else 0.0 for st in existing]
     else:  # SGD keeps no counter in its state: 0 marks a momentum buffer that has no value yet
         counts = [1.0 if "momentum_buffer" in st else 0.0 for st in existing]
     steps = torch.tensor(counts, dtype=step_dtype, device=steps_device)
-    if keys or opt._has_step:  # (SGD without momentum keeps no state, as torch)
+    if keys or has_step:  # (SGD without momentum keeps no state, as torch)
         for j, (p, col, i) in enumerate(zip(locals_, columns, members)):
-            views = {"step": steps[j]} if opt._has_step else {}  # first, as torch.optim orders a fresh state
-            views.update({key: _wrap_like(_view(state[row], col, p), params[i]) for row, key in enumerate(keys)})
+            views = {"step": steps[j]} if has_step else {}  # first, as torch.optim orders a fresh state
+            views.update({key: _wrap_like(_view(flat[row], col, p), params[i]) for row, key in enumerate(keys)})
             register.append((params[i], views))
-    return Bucket(gi, members, keys, columns, state, steps)
+    return Bucket(gi, members, keys, columns, flat, steps)
 
 
-def build_plan(opt: ProxOptimizer) -> Plan:
-    """Sort every parameter into a bucket, the waiting list, or the reference path."""
+def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple[str, ...]]) -> Plan:
+    """Sort every parameter into a bucket, the waiting list, or the reference
+    path; ``keys`` are each group's state keys."""
     calls: dict[torch.device, list[Bucket]] = {}
     slow: list[tuple[int, int]] = []
     outside: list[Tensor] = []
     register: list[tuple[Tensor, dict]] = []
-    for gi, group in enumerate(opt.param_groups):
-        keys = opt._state_keys(group)
-        use_kernel = group.get("fused") is not False and _native.C is not None
+    for gi, group in enumerate(groups):
+        use_kernel = _fused(group) and _native.C is not None
         members: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(group["params"]):
             local = local_tensor(p)
@@ -289,23 +303,23 @@ def build_plan(opt: ProxOptimizer) -> Plan:
             takes = use_kernel and kernel_takes(local, g)
             if not takes:
                 slow.append((gi, i))
-            elif g is None and not opt.state.get(p):
+            elif g is None and not state.get(p):
                 outside.append(p)  # gets state (and a bucket) once it has a grad
             else:
                 members.setdefault((local.device, local.dtype), []).append(i)
         for (device, _), idx in members.items():
-            calls.setdefault(device, []).append(_build_bucket(opt, gi, group, idx, keys, register))
+            calls.setdefault(device, []).append(_build_bucket(spec, state, gi, group, idx, keys[gi], register))
     # Every bucket was built: now the state entries become views of the buckets.
     created: list[Tensor] = []
     for owner, views in register:
-        if owner not in opt.state:
+        if owner not in state:
             created.append(owner)
-        opt.state[owner].update(views)
+        state[owner].update(views)
     device_calls = []
     for device, buckets in calls.items():
         owners, params, where, starts, columns = [], [], [], [0], []
         for b in buckets:
-            group = opt.param_groups[b.group]
+            group = groups[b.group]
             for i in b.index:
                 owner = group["params"][i]
                 owners.append(owner)
@@ -316,97 +330,75 @@ def build_plan(opt: ProxOptimizer) -> Plan:
         layout = torch.tensor(starts + columns, dtype=torch.int64)
         device_calls.append(DeviceCall(
             device, buckets, owners, params, where, [b.state for b in buckets], [b.steps for b in buckets],
-            layout, any(is_dtensor(o) for o in owners),
+            layout, any(is_dtensor(o) for o in owners), torch.zeros(2, dtype=torch.int64), groups,
         ))
-    groups = opt.param_groups
     return Plan(
-        device_calls, slow, outside, list(groups), [list(g["params"]) for g in groups],
-        [opt._state_keys(g) for g in groups], [g.get("fused") is not False for g in groups],
-        opt.state, _state_values(opt.state), created,
+        device_calls, slow, outside, list(groups), [list(g["params"]) for g in groups], list(keys),
+        [_fused(g) for g in groups], state, _state_values(state), created,
+        [any(map(is_dtensor, g["params"])) for g in groups],
     )
 
 
 # ---- one step ----------------------------------------------------------------------
 
 
-class _Reroute(Exception):
-    """The operator met a tensor it cannot take: rebuild the plan and step again."""
-
-
-def step(opt: ProxOptimizer) -> None:
-    """One step of every param group: all checks first, then the writes."""
-    if torch.compiler.is_compiling():
-        # Dynamo runs _init_group eagerly, as for torch.optim's own optimizers; tracing the
-        # checks afterwards makes its guards watch every object they compare.
-        opt._init_group()
-        if not _plan_is_current_py(opt._plan, opt):  # pragma: no cover - _init_group made it current
-            raise RuntimeError("proxopt: the plan built for torch.compile does not describe the optimizer")
-    elif not plan_is_current(opt._plan, opt):
-        opt._init_group()
+def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: list[Hyper],
+         grad_scale: Tensor | None, found_inf: Tensor | None) -> tuple[Plan | None, bool]:
+    """One step of every param group with ``plan`` (current: :meth:`Plan.matches`):
+    all checks first, then the writes. Returns ``(plan to keep or None, done)``;
+    ``done`` is False when the operator refused a tensor the plan sent it
+    (nothing was written: build a new plan and step again). When it raises,
+    nothing was written and the state this plan created is removed."""
     try:
-        _step(opt, opt._plan)
-    except _Reroute:
-        # A tensor stopped being one the kernel takes: sort again (it goes to the
-        # reference path) and run the step, which has written nothing yet.
-        opt._plan = None
-        opt._init_group()
-        try:
-            _step(opt, opt._plan)
-        except _Reroute as exc:  # pragma: no cover - the new plan routes it away
-            raise RuntimeError(f"proxopt: the operator rejected a tensor twice: {exc.__cause__}") from exc
+        # FSDP2: group proxes over groups split across shards run after the kernel, with reduced norms.
+        kernel_hypers, deferred = [], []
+        for group, h, dt in zip(groups, hypers, plan.dtensor_groups):
+            split = h.has_group and dt
+            kh, later = split_group_prox(h, group["params"], group_dim_of(group)) if split else (h, None)
+            kernel_hypers.append(kh)
+            deferred.append(later)
+        slow = _prepare_slow(spec, plan, groups, state) if plan.slow else []
+        compiling = torch.compiler.is_compiling()
+        calls = [(c, _call_args(c, groups, kernel_hypers, grad_scale, found_inf, compiling)) for c in plan.calls]
+        calls = [(c, a) for c, a in calls if any(g is not None for g in a.grads)]  # no grad: no call
+        if len(calls) > 1:  # several devices: every call checks before any writes
+            for call, args in calls:
+                if not _run(spec, call, args._replace(check_only=True)):
+                    return None, False
+        for i, (call, args) in enumerate(calls):
+            if not _run(spec, call, args):
+                if i == 0:
+                    return None, False
+                raise RuntimeError(f"proxopt: the operator refused a tensor of device {call.device} after it had "
+                                   "checked it")  # pragma: no cover - the checks above ran on the same tensors
+    except BaseException:
+        _undo_created(plan, state)
+        raise
+    if plan.created:
+        if found_inf is not None and float(found_inf) != 0:
+            _undo_created(plan, state)  # an overflow on a parameter's first step creates no state
+            plan = None
+        else:
+            plan = plan._replace(created=[])
+    if slow:
+        _run_slow(groups, state, slow, kernel_hypers, grad_scale, found_inf)
+        if plan is not None:  # the state the reference path created is now part of the optimizer's state
+            plan = plan._replace(state_values=_state_values(state))
+    for gi, later in enumerate(deferred):
+        if later is not None:
+            _deferred_group_prox(groups, state, gi, later)
+    return plan, True
 
 
-def _undo_created(opt: ProxOptimizer, plan: Plan) -> None:
+def _undo_created(plan: Plan, state: dict) -> None:
     """A plan's first step failed: the state it created for parameters that had
     none is removed, so the failed step changed nothing."""
     for p in plan.created:
-        opt.state.pop(p, None)
-    opt._plan = None
+        state.pop(p, None)
 
 
-def _step(opt: ProxOptimizer, plan: Plan) -> None:
-    groups = opt.param_groups
-    grad_scale = getattr(opt, "grad_scale", None)
-    found_inf = getattr(opt, "found_inf", None)
-    try:
-        hypers = [opt._hyper(group) for group in groups]
-        # FSDP2: group proxes over groups split across shards run after the kernel, with reduced norms.
-        kernel_hypers, deferred = [], []
-        for group, h in zip(groups, hypers):
-            kh, later = split_group_prox(h, group["params"], group_dim_of(group)) if h.has_group else (h, None)
-            kernel_hypers.append(kh)
-            deferred.append(later)
-        slow = _prepare_slow(opt, plan) if plan.slow else []
-        calls = [_call_args(opt, call, kernel_hypers, grad_scale, found_inf) for call in plan.calls]
-        calls = [(c, a) for c, a in zip(plan.calls, calls) if any(g is not None for g in a[1])]  # no grad: no call
-        if len(calls) > 1:  # several devices: every call checks before any writes
-            for call, args in calls:
-                _run(opt, call, args, check_only=True)
-    except BaseException:
-        if plan.created:
-            _undo_created(opt, plan)
-        raise
-    for i, (call, args) in enumerate(calls):
-        try:
-            _run(opt, call, args, check_only=False)
-        except BaseException:
-            if i == 0 and plan.created:
-                _undo_created(opt, plan)
-            raise
-    if plan.created:
-        if found_inf is not None and float(found_inf) != 0:
-            _undo_created(opt, plan)  # an overflow on a parameter's first step creates no state
-        else:
-            opt._plan = plan._replace(created=[])
-    if slow:
-        _run_slow(opt, slow, kernel_hypers, grad_scale, found_inf)
-    for gi, later in enumerate(deferred):
-        if later is not None:
-            _deferred_group_prox(opt, plan, gi, later)
-
-
-def _call_args(opt, call: DeviceCall, hypers: list[Hyper], grad_scale, found_inf) -> tuple:
-    groups = opt.param_groups
+def _call_args(call: DeviceCall, groups: list[dict], hypers: list[Hyper], grad_scale, found_inf,
+               compiling: bool) -> StepArgs:
     grads = [p.grad for p in call.owners]
     params = call.params
     if call.dtensor:
@@ -414,8 +406,7 @@ def _call_args(opt, call: DeviceCall, hypers: list[Hyper], grad_scale, found_inf
         params = [local_tensor(o) for o in call.owners]
     hyper, lrs = [], []
     for b in call.buckets:
-        h = hypers[b.group]
-        hyper += hyper_values(h)
+        hyper += hyper_values(hypers[b.group])
         lr = groups[b.group]["lr"]
         lrs.append(lr if isinstance(lr, Tensor) else None)
     if grad_scale is not None and grad_scale.device != call.device:
@@ -426,32 +417,33 @@ def _call_args(opt, call: DeviceCall, hypers: list[Hyper], grad_scale, found_inf
         grad_scale = grad_scale.float()
     if found_inf is not None and found_inf.dtype != torch.float32:
         found_inf = found_inf.float()
-    return (params, grads, call.states, call.steps, call.layout, hyper, lrs, grad_scale, found_inf)
+    # A traced step cannot branch on what the operator reports: there it raises.
+    refusal = None if compiling else call.refusal
+    return StepArgs(params, grads, call.states, call.steps, call.layout, hyper, lrs, grad_scale, found_inf,
+                    refusal, False)
 
 
-def _run(opt, call: DeviceCall, args: tuple, *, check_only: bool) -> None:
+def _run(spec: StepSpec, call: DeviceCall, args: StepArgs) -> bool:
+    """One operator call. False: it refused a tensor that the reference path
+    can take, and wrote nothing."""
     try:
-        torch.ops.proxopt.step.default(*args, check_only)
+        torch.ops.proxopt.step.default(*args)
     except ValueError as exc:
-        m = _ERROR.match(str(exc))
-        if m is None:
+        if args.refusal is None or int(args.refusal[0]) != _REFUSALS["tensor_error"]:
             raise
-        gi, i = call.where[int(m.group(2))]
-        if m.group(1):
-            raise _Reroute() from exc
-        what = m.group(3)  # "is ..." reads as a sentence about the parameter, anything else after a colon
-        raise ValueError(f"{opt._label(opt.param_groups[gi], i)}{' ' if what.startswith('is ') else ': '}{what}") from None
-    except NotImplementedError as exc:
+        gi, i = call.where[int(args.refusal[1])]
+        what = str(exc)  # "is ..." reads as a sentence about the parameter, anything else after a colon
+        raise ValueError(f"{label(call.groups[gi], i)}{' ' if what.startswith('is ') else ': '}{what}") from None
+    except NotImplementedError:
         # The dispatcher has no kernel for a sparse (or otherwise unusual) grad.
-        for (gi, i), g in zip(call.where, args[1]):
+        for (gi, i), g in zip(call.where, args.grads):
             if g is not None and g.layout is not torch.strided:
                 raise RuntimeError(
-                    f"proxopt.{type(opt).__name__} does not support sparse gradients "
-                    f"({opt._label(opt.param_groups[gi], i)}); use a dense gradient or torch.optim.SparseAdam"
+                    f"{spec.name} does not support sparse gradients "
+                    f"({label(call.groups[gi], i)}); use a dense gradient or torch.optim.SparseAdam"
                 ) from None
         raise
-
-
+    return args.refusal is None or int(args.refusal[0]) == _REFUSALS["none"]
 # ---- the reference path ----------------------------------------------------------------
 
 
@@ -465,10 +457,10 @@ class _SlowItem(NamedTuple):
     new_state: dict | None       # state created for this step, stored once it ran
 
 
-def _prepare_slow(opt, plan: Plan) -> list[_SlowItem]:
+def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -> list[_SlowItem]:
     """The reference path's tensors of this step, checked, with their state
     (new state is held back until the step has run)."""
-    groups = opt.param_groups
+    rule = spec.rule
     out = []
     for gi, i in plan.slow:
         group = groups[gi]
@@ -476,38 +468,37 @@ def _prepare_slow(opt, plan: Plan) -> list[_SlowItem]:
         g = p.grad
         if g is None:
             continue
-        opt._check_grad(group, i, p, g)
-        keys = opt._state_keys(group)
-        st = opt.state.get(p)
+        check_grad(spec.name, group, i, p, g)
+        keys = plan.group_keys[gi]
+        st = state.get(p)
         new = None
         if not st:
-            new = {key: opt._new_state(p, key, group) for key in keys}
-            if opt._has_step:
-                new["step"] = torch.tensor(0.0, dtype=_step_dtype([]))
+            new = {"step": torch.tensor(0.0, dtype=_step_dtype([]))} if rule.has_step else {}  # first, as torch
+            new.update({key: rule.new_state(p, key, group) for key in keys})
             states, step, fresh = tuple(new[k] for k in keys), new.get("step"), True
         else:
             missing = [k for k in keys if k not in st]
             if missing:  # a setting that needs more state was switched on: the rule's initial value
-                new = {k: opt._new_state(p, k, group) for k in missing}
+                new = {k: rule.new_state(p, k, group) for k in missing}
             states = tuple(st[k] if k in st else new[k] for k in keys)
             step = st.get("step")
-            fresh = not opt._has_step and "momentum_buffer" in keys and "momentum_buffer" not in st
-            if opt._has_step and (not torch.is_tensor(step) or step.numel() != 1):
-                raise ValueError(f"{opt._label(group, i)}: its state 'step' must be a 1-element tensor, got {step!r}")
+            fresh = not rule.has_step and "momentum_buffer" in keys and "momentum_buffer" not in st
+            if rule.has_step and (not torch.is_tensor(step) or step.numel() != 1):
+                raise ValueError(f"{label(group, i)}: its state 'step' must be a 1-element tensor, got {step!r}")
             for k, s in zip(keys, states):
                 if local_tensor(s).shape != local_tensor(p).shape:
                     raise ValueError(
-                        f"{opt._label(group, i)}: its state {k!r} has shape {tuple(s.shape)}, the parameter "
+                        f"{label(group, i)}: its state {k!r} has shape {tuple(s.shape)}, the parameter "
                         f"{tuple(p.shape)}: was the parameter or its state replaced?"
                     )
         out.append(_SlowItem(gi, p, g, states, step, fresh, new))
     return out
 
 
-def _run_slow(opt, items: list[_SlowItem], hypers: list[Hyper], grad_scale, found_inf) -> None:
+def _run_slow(groups: list[dict], state: dict, items: list[_SlowItem], hypers: list[Hyper], grad_scale,
+              found_inf) -> None:
     if found_inf is not None and float(found_inf) != 0:
         return  # AMP overflow: nothing changes
-    groups = opt.param_groups
     for it in items:
         h = hypers[it.group]
         lr = groups[it.group]["lr"]
@@ -518,13 +509,10 @@ def _run_slow(opt, items: list[_SlowItem], hypers: list[Hyper], grad_scale, foun
             it.step, fresh=it.fresh, grad_scale=grad_scale,
         )
         if it.new_state:
-            opt.state[it.param].update(it.new_state)
-    # The state the reference path created is now part of the optimizer's state.
-    if opt._plan is not None:
-        opt._plan = opt._plan._replace(state_values=_state_values(opt.state))
+            state[it.param].update(it.new_state)
 
 
-def _deferred_group_prox(opt, plan: Plan, gi: int, h: Hyper) -> None:
-    group = opt.param_groups[gi]
+def _deferred_group_prox(groups: list[dict], state: dict, gi: int, h: Hyper) -> None:
+    group = groups[gi]
     params = [p for p in group["params"] if p.grad is not None]
-    sharded_group_prox_(h, params, group_dim_of(group), [opt.state[p].get("step") for p in params])
+    sharded_group_prox_(h, params, group_dim_of(group), [state[p].get("step") for p in params])

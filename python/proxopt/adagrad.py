@@ -10,6 +10,7 @@ from torch import Tensor
 from .hyper import ADAGRAD
 from .optimizer import ProxOptimizer, check_nonneg
 from .regularizers import with_regularizers
+from .rules import RULES
 
 
 @with_regularizers
@@ -34,7 +35,6 @@ class Adagrad(ProxOptimizer):
 
     _rule = ADAGRAD
     _group_keys = ("lr_decay", "initial_accumulator_value", "eps")
-    _all_state_keys = frozenset({"step", "sum"})
 
     def __init__(
         self,
@@ -62,7 +62,7 @@ class Adagrad(ProxOptimizer):
             for p in group["params"]:
                 state = self.state[p]
                 state["step"] = torch.tensor(0.0, dtype=step_dtype)
-                state["sum"] = self._new_state(p, "sum", group)
+                state["sum"] = RULES[ADAGRAD].new_state(p, "sum", group)
 
     def _rule_hyper(self, group: dict) -> dict[str, Any]:
         check_nonneg("initial_accumulator_value", group["initial_accumulator_value"])
@@ -71,9 +71,3 @@ class Adagrad(ProxOptimizer):
             weight_decay=check_nonneg("weight_decay", group["weight_decay"]),
             eps=check_nonneg("epsilon", group["eps"]),
         )
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("sum",)
-
-    def _initial_state(self, key: str, group: dict) -> float:
-        return float(group["initial_accumulator_value"])

@@ -65,7 +65,6 @@ class Adam(ProxOptimizer):
 
     _rule = ADAM
     _group_keys = ("betas", "eps", "amsgrad")
-    _all_state_keys = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
 
     def __init__(
         self,
@@ -103,9 +102,6 @@ class Adam(ProxOptimizer):
             amsgrad=bool(group["amsgrad"]),
             decoupled_weight_decay=bool(group["decoupled_weight_decay"]),
         )
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if group["amsgrad"] else ("exp_avg", "exp_avg_sq")
 
 
 @with_regularizers

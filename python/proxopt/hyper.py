@@ -5,55 +5,44 @@ the kernels read them.
 hyperparameters) and :mod:`proxopt.regularizers` (the regularizer keywords).
 Its fields, in order, are also the layout of the operator's ``hyper``
 argument: ``csrc/proxopt/hyper.h`` declares the same list, and proxopt
-compares the two when it loads the extension.
+compares the two when it loads the extension. The regularizers' fields are
+derived from the keyword table of :mod:`proxopt.regularizers`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+
+from .regularizers import REGULARIZER_FIELDS
 
 SGD, ADAM, ADAGRAD, RMSPROP = 0, 1, 2, 3
 
+# The rule's fields, with their values when unused (booleans last).
+RULE_FIELDS: tuple[tuple[str, object], ...] = (
+    ("rule", SGD), ("lr", 0.0), ("beta1", 0.0), ("beta2", 0.0), ("eps", 0.0), ("weight_decay", 0.0),
+    ("momentum", 0.0), ("dampening", 0.0), ("alpha", 0.0), ("lr_decay", 0.0),
+    ("maximize", False), ("decoupled_weight_decay", False), ("amsgrad", False), ("nesterov", False),
+    ("centered", False),
+)
 
-@dataclass
-class Hyper:
-    """One param group's hyperparameters for one step (names as in C++)."""
 
-    rule: int = SGD
-    lr: float = 0.0
-    beta1: float = 0.0
-    beta2: float = 0.0
-    eps: float = 0.0
-    weight_decay: float = 0.0
-    momentum: float = 0.0
-    dampening: float = 0.0
-    alpha: float = 0.0
-    lr_decay: float = 0.0
-    l1: float = 0.0
-    l2: float = 0.0
-    l0: float = 0.0
-    lo: float = -math.inf
-    hi: float = math.inf
-    group_lasso: float = 0.0
-    max_norm: float = 0.0  # 0: no constraint
-    group_dim: int = 0  # the dim group_lasso and max_norm act along
-    maximize: bool = False
-    decoupled_weight_decay: bool = False
-    amsgrad: bool = False
-    nesterov: bool = False
-    centered: bool = False
-    adaptive: bool = False
+def _has_group(self) -> bool:
+    return self.group_lasso != 0 or self.max_norm != 0
 
-    @property
-    def has_group(self) -> bool:
-        return self.group_lasso != 0 or self.max_norm != 0
 
-    @property
-    def has_bounds(self) -> bool:
-        return math.isfinite(self.lo) or math.isfinite(self.hi)
+def _has_bounds(self) -> bool:
+    return math.isfinite(self.lo) or math.isfinite(self.hi)
 
+
+# One param group's hyperparameters for one step (names as in C++): the
+# rule's fields, then the regularizers' (proxopt.regularizers.REGULARIZERS).
+Hyper = dataclasses.make_dataclass(
+    "Hyper",
+    [(name, type(default), dataclasses.field(default=default)) for name, default in RULE_FIELDS + REGULARIZER_FIELDS],
+    namespace={"has_group": property(_has_group), "has_bounds": property(_has_bounds)},
+)
+Hyper.__module__ = __name__
 
 HYPER_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Hyper))
 

@@ -2,15 +2,16 @@
 
 It owns what is common to all rules: hyperparameter and regularizer
 validation (declared in :mod:`proxopt.regularizers`), the checks of
-parameters and state_dicts, and torch.optim's conventions (param groups,
-lazy state, ``step`` as a tensor, AMP's ``grad_scale``/``found_inf``). The
-step itself is :func:`proxopt._dispatch.step`. Subclasses say which rule they
-are, which hyperparameters it has and which state it keeps.
+parameters (:mod:`proxopt.checks`) and state_dicts, and torch.optim's
+conventions (param groups, lazy state, ``step`` as a tensor, AMP's
+``grad_scale``/``found_inf``). The step itself is :func:`proxopt._dispatch.step`,
+which gets data from here, never the optimizer. Subclasses say which rule
+they are (a code of :data:`proxopt.rules.RULES`, which says what state it
+keeps) and which hyperparameters it has.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any, Callable
 
 import torch
@@ -18,17 +19,16 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _dispatch
+from .checks import check_overlap, check_params, label
 from .hyper import Hyper
 from .regularizers import (
     _number,
-    group_dim_of,
-    has_group_prox,
-    has_prox,
     nonnegative,
     regularizer_hyper,
     split_regularizers,
     validate_regularizers,
 )
+from .rules import RULES
 
 
 def check_lr(lr: Any) -> None:
@@ -50,15 +50,12 @@ class ProxOptimizer(Optimizer):
     ``torch.ops.proxopt.step`` per device (and the reference for tensors the
     kernels cannot take).
 
-    Subclasses set ``_rule`` (a :mod:`proxopt.hyper` rule code) and implement
-    ``_rule_hyper`` and ``_state_keys``.
+    Subclasses set ``_rule`` (a rule code of :data:`proxopt.rules.RULES`) and
+    implement ``_rule_hyper``.
     """
 
     _rule: int
-    _adaptive_ok: bool = True
-    _has_step: bool = True  # keeps a ``step`` counter in its state
     _group_keys: tuple[str, ...] = ()  # hyperparameters a saved param group of this type has
-    _all_state_keys: frozenset[str] = frozenset()  # every state key, in any setting
     # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
     # A class attribute, so copies and unpickled optimizers keep it.
     _step_supports_amp_scaling = True
@@ -69,41 +66,53 @@ class ProxOptimizer(Optimizer):
         """The rule's validated hyperparameters, as :class:`Hyper` fields."""
         raise NotImplementedError
 
-    def _state_keys(self, group: dict) -> tuple[str, ...]:  # pragma: no cover - abstract
-        """The state tensors the rule reads and writes, in kernel order."""
-        raise NotImplementedError
-
-    def _initial_state(self, key: str, group: dict) -> float:
-        """The value a fresh state tensor starts from (torch's)."""
-        return 0.0
-
-    def _new_state(self, p: Tensor, key: str, group: dict) -> Tensor:
-        v = self._initial_state(key, group)
-        return torch.full_like(p, complex(v, v) if p.is_complex() else v, memory_format=torch.preserve_format)
-
     # ---- construction and param groups -----------------------------------
 
     def __init__(self, params, defaults: dict, regularizers: dict[str, Any]) -> None:
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._plan = None
+        self._hypers: dict[int, tuple[tuple, Hyper]] = {}  # id(group) -> (its values, its Hyper)
         regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers)
         super().__init__(params, {**defaults, **regs})
+
+    @property
+    def _spec(self) -> _dispatch.StepSpec:
+        return _dispatch.StepSpec(RULES[self._rule], f"proxopt.{type(self).__name__}")
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:
             self._hyper(group)
-            self._check_params(group)
-            self._check_overlap()
+            check_params(group)
+            check_overlap(self.param_groups)
         except Exception:
             self.param_groups.pop()
             raise
 
     def _hyper(self, group: dict) -> Hyper:
-        """Validate one param group and derive its :class:`Hyper` (every step:
-        a group's entries may have been edited)."""
+        """The validated :class:`Hyper` of one param group. A group's entries
+        may be edited at any time (schedulers set ``lr`` every step): the
+        group is validated again when a value other than ``lr`` changed, and
+        ``lr`` is checked every step."""
+        if torch.compiler.is_compiling():
+            return self._validate(group)  # traced: Dynamo guards on the group's values instead
+        lr = group["lr"]
+        check_lr(lr)
+        values = tuple(v for k, v in group.items() if k not in ("params", "lr"))
+        cached = self._hypers.get(id(group))
+        if cached is not None and len(cached[0]) == len(values) and all(map(_same_value, cached[0], values)):
+            h = cached[1]
+        else:
+            h = self._validate(group)
+            self._hypers[id(group)] = (values, h)
+        if isinstance(lr, Tensor):
+            return h
+        return Hyper(**{**h.__dict__, "lr": float(lr)})
+
+    def _validate(self, group: dict) -> Hyper:
+        """Validate one param group and derive its :class:`Hyper`."""
         name = f"proxopt.{type(self).__name__}"
         lr = group["lr"]
         check_lr(lr)
@@ -113,7 +122,7 @@ class ProxOptimizer(Optimizer):
         # (Dynamo sets capturable=True in the param groups it traces: skip the check there, as torch does.)
         if group.get("capturable") and not torch.compiler.is_compiling() and not all(p.is_cuda for p in group["params"]):
             raise ValueError(f"{name}: capturable=True needs every parameter of its param group on a CUDA device")
-        reg = validate_regularizers(group, adaptive_ok=self._adaptive_ok, optimizer=name)
+        reg = validate_regularizers(group, adaptive_ok=RULES[self._rule].has_denom, optimizer=name)
         maximize = group.get("maximize", False)
         if not isinstance(maximize, bool):
             raise TypeError(f"Invalid maximize value: {maximize!r} (expected a bool)")
@@ -125,98 +134,10 @@ class ProxOptimizer(Optimizer):
             **regularizer_hyper(reg),
         )
 
-    def _check_params(self, group: dict) -> None:
-        prox = has_prox(group)
-        grouped = has_group_prox(group)
-        for i, p in enumerate(group["params"]):
-            if not isinstance(p, Tensor):
-                raise TypeError(f"{self._label(group, i)}: optimizer can only optimize Tensors, got {type(p).__name__}")
-            if not (p.is_floating_point() or p.is_complex()):
-                raise ValueError(f"{self._label(group, i)}: can only optimize floating point or complex tensors, got {p.dtype}")
-            if p.layout is torch.strided and p.device.type != "meta" and torch._debug_has_internal_overlap(p) == 1:
-                raise ValueError(
-                    f"{self._label(group, i)} has elements that share memory (an expanded or stride-0 tensor): "
-                    "a step would write them several times; pass a tensor with its own memory (e.g. .clone())"
-                )
-            if prox:
-                self._check_not_complex(group, i, p)
-            if grouped:
-                self._check_group_param(group, i, p)
-
-    def _check_grad(self, group: dict, i: int, p: Tensor, g: Tensor) -> None:
-        """The checks of one parameter's grad on the reference path (the
-        operator runs the same ones in C++ for the kernel's tensors)."""
-        name = type(self).__name__
-        if g.is_sparse:
-            raise RuntimeError(
-                f"proxopt.{name} does not support sparse gradients ({self._label(group, i)}); use a dense "
-                "gradient or torch.optim.SparseAdam"
-            )
-        if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-            raise ValueError(
-                f"{self._label(group, i)}: its grad has shape {tuple(g.shape)}, dtype {g.dtype}, device "
-                f"{g.device}; the parameter has {tuple(p.shape)}, {p.dtype}, {p.device}"
-            )
-        if p.layout is torch.strided and torch._debug_has_internal_overlap(p) == 1:
-            raise ValueError(f"{self._label(group, i)} has elements that share memory (an expanded tensor)")
-        if has_prox(group):
-            self._check_not_complex(group, i, p)
-        if has_group_prox(group):
-            self._check_group_param(group, i, p)
-
-    def _check_not_complex(self, group: dict, i: int, p: Tensor) -> None:
-        if p.is_complex():
-            raise ValueError(
-                f"{self._label(group, i)} is complex: proximal regularizers are not defined for complex "
-                "parameters (l1, l2, l0, bounds, group_lasso, max_norm); put it in a param group without them"
-            )
-
-    def _check_overlap(self) -> None:
-        """Parameters may share a storage (views of one flat buffer) but no
-        element: a step would update a shared element twice."""
-        spans = defaultdict(list)
-        for group in self.param_groups:
-            for i, p in enumerate(group["params"]):
-                if p.numel() == 0 or p.device.type == "meta":
-                    continue
-                try:
-                    key = (p.device, p.untyped_storage().data_ptr())
-                except (RuntimeError, NotImplementedError, TypeError):
-                    continue  # tensor subclasses (DTensor shards) keep their own storage
-                lo, hi = _extent(p)
-                spans[key].append((lo, hi, p, self._label(group, i)))
-        for pieces in spans.values():
-            pieces.sort(key=lambda x: x[0])
-            for j, (lo, hi, p, label) in enumerate(pieces):
-                for lo2, _, q, label2 in pieces[j + 1 :]:
-                    if lo2 >= hi:
-                        break
-                    if _share_elements(p, q):
-                        raise ValueError(
-                            f"{label} and {label2} overlap in memory: a step would update the shared "
-                            "elements twice; pass each tensor once, or non-overlapping views"
-                        )
-
-    def _check_group_param(self, group: dict, i: int, p: Tensor) -> None:
-        dim = group_dim_of(group)
-        key = "group_dim" if group["group_lasso"] else "max_norm_dim"
-        if p.dim() < 2:
-            raise ValueError(
-                f"{self._label(group, i)} has {p.dim()} dimension(s): group_lasso/max_norm need a "
-                "weight matrix or conv kernel; put biases and norm weights in a param group without "
-                "group regularizers (proxopt.param_groups(model, ...) does this)"
-            )
-        if not -p.dim() <= dim < p.dim():
-            raise ValueError(f"Invalid {key} value: {dim} for {self._label(group, i)} of shape {tuple(p.shape)}")
-
-    @staticmethod
-    def _label(group: dict, i: int) -> str:
-        names = group.get("param_names")
-        return f"parameter {names[i]!r}" if names else f"parameter {i} of its param group"
-
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._plan = None
+        self._hypers = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -248,13 +169,18 @@ class ProxOptimizer(Optimizer):
                 raise ValueError(
                     "loaded state dict contains a parameter group that doesn't match the size of optimizer's group"
                 )
+            rule = RULES[self._rule]
             merged = {**self.defaults, **{k: v for k, v in saved.items() if k != "params"}}
-            required = set(self._state_keys(merged)) | ({"step"} if self._has_step else set())
+            try:
+                keys = rule.state_keys(self._validate({**merged, "params": []}))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"state_dict param group {gi} has invalid hyperparameters: {exc}") from None
+            required = set(keys) | ({"step"} if rule.has_step else set())
             for p, pid in zip(group["params"], saved["params"]):
                 st = state_dict["state"].get(pid)
                 if not st:
                     continue
-                foreign = sorted(set(st) - self._all_state_keys)
+                foreign = sorted(set(st) - rule.all_state_keys)
                 if foreign:
                     raise ValueError(
                         f"state_dict entry for parameter {pid} has {foreign}, which {name} does not keep: "
@@ -297,42 +223,51 @@ class ProxOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        _dispatch.step(self)
-        return loss
+        groups = self.param_groups
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        for _ in range(2):
+            self._init_group()
+            if torch.compiler.is_compiling() and not self._plan.matches(groups, self.state, self._state_keys()):
+                # Dynamo ran _init_group eagerly; tracing the comparison makes its
+                # guards watch every object it compares (a replaced state retraces).
+                raise RuntimeError("proxopt: the plan built for torch.compile does not describe the optimizer")  # pragma: no cover
+            hypers = [self._hyper(group) for group in groups]
+            plan = self._plan
+            try:
+                self._plan, done = _dispatch.step(self._spec, plan, groups, self.state, hypers, grad_scale, found_inf)
+            except BaseException:
+                if plan.created:
+                    self._plan = None  # its state was removed: build it again
+                raise
+            if done:
+                return loss
+            # The operator refused a tensor that stopped being one the kernels
+            # take, and wrote nothing: sort again (it goes to the reference path).
+        raise RuntimeError("proxopt: the operator refused a tensor twice")  # pragma: no cover - the new plan routes it away
+
+    def _state_keys(self) -> list[tuple[str, ...]]:
+        """Each param group's state keys, in kernel order."""
+        rule = RULES[self._rule]
+        return [rule.state_keys(self._hyper(group)) for group in self.param_groups]
 
     def _init_group(self) -> None:
         """(Re)build the plan of the step: which tensors the kernels take, and
         their state as views of flat buffers. torch.compile runs this eagerly
         (as for torch.optim's own ``_init_group``) and guards on what it built."""
-        if _dispatch.plan_is_current(self._plan, self):
+        keys = self._state_keys()
+        if self._plan is not None and self._plan.matches(self.param_groups, self.state, keys):
             return
         for group in self.param_groups:
-            self._check_params(group)
-        self._check_overlap()
-        self._plan = _dispatch.build_plan(self)
+            check_params(group)
+        check_overlap(self.param_groups)
+        self._plan = _dispatch.build_plan(self._spec, self.param_groups, self.state, keys)
 
 
-def _extent(t: Tensor) -> tuple[int, int]:
-    """The byte range [lo, hi) of its storage that a view can touch."""
-    size = t.element_size()
-    lo = t.storage_offset() * size
-    last = sum((n - 1) * st for n, st in zip(t.shape, t.stride()))
-    return lo, lo + (last + 1) * size
-
-
-def _share_elements(a: Tensor, b: Tensor) -> bool:
-    """Exact test for two views of one storage whose extents intersect."""
-    if a.is_contiguous() and b.is_contiguous():
-        return True
-    if a.dtype != b.dtype:
-        return True  # different element sizes on one storage: take it as shared
-    n = a.untyped_storage().nbytes() // a.element_size()
-    index = torch.arange(n, device="cpu")
-
-    def elements(t: Tensor) -> Tensor:
-        return torch.as_strided(index, t.shape, t.stride(), t.storage_offset()).reshape(-1)
-
-    return bool(torch.isin(elements(a), elements(b)).any())
+def _same_value(a: Any, b: Any) -> bool:
+    """Whether a param group's value is unchanged: the same object, or an
+    equal value of a plain type (a tensor is compared by identity)."""
+    return a is b or (not isinstance(a, Tensor) and not isinstance(b, Tensor) and type(a) is type(b) and a == b)
 
 
 def check_nonneg(name: str, value: Any, label: str | None = None) -> float:

@@ -3,7 +3,7 @@ regularizer, the fallback for tensors the kernels cannot take, and the oracle
 the tests compare the kernels against.
 
 It mirrors ``csrc/proxopt/math.h`` line by line, in the same order of
-operations (DESIGN.md):
+operations:
 
 1. g ← grad · (1/grad_scale) (AMP, as GradScaler unscales), negated if ``maximize``;
 2. g ← g + weight_decay·w where the optimizer couples weight decay;

@@ -1,7 +1,8 @@
 """The regularizer keywords every proxopt optimizer takes: declared once here,
-with their defaults, validation and documentation; the optimizers'
-signatures and docstrings, :class:`~proxopt.hyper.Hyper` and the kernels'
-arguments follow from this table.
+with their defaults, validation, documentation and the
+:class:`~proxopt.hyper.Hyper` fields each sets; the optimizers' signatures and
+docstrings, the regularizer part of :class:`~proxopt.hyper.Hyper` and so the
+kernels' arguments follow from this table.
 
 Each keyword can be given to the optimizer (the default for every param
 group) or overridden in one param group, exactly like ``lr``.
@@ -100,7 +101,8 @@ def _max_norm(name: str, value: Any) -> float | None:
 @dataclass(frozen=True)
 class Keyword:
     """One regularizer keyword: its default, its check (returns the value in
-    canonical form or raises), its type for signatures, and its documentation."""
+    canonical form or raises), its type for signatures, its documentation,
+    and the :class:`~proxopt.hyper.Hyper` fields it sets."""
 
     name: str
     default: Any
@@ -109,6 +111,18 @@ class Keyword:
     doc: str
     # a modifier changes how other keywords act and regularizes nothing itself
     modifier: bool = False
+    # The Hyper fields this keyword sets, each with its value when off; None:
+    # one field of the keyword's own name and default.
+    fields: tuple[tuple[str, Any], ...] | None = None
+    # Their values, from every validated keyword value of the group; None: the keyword's own value.
+    to_hyper: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
+
+    @property
+    def hyper_fields(self) -> tuple[tuple[str, Any], ...]:
+        return self.fields if self.fields is not None else ((self.name, self.default),)
+
+    def hyper_values(self, v: dict[str, Any]) -> tuple[Any, ...]:
+        return self.to_hyper(v) if self.to_hyper is not None else (v[self.name],)
 
 
 REGULARIZERS: tuple[Keyword, ...] = (
@@ -120,19 +134,26 @@ REGULARIZERS: tuple[Keyword, ...] = (
             "λ of λ‖w‖₀: hard threshold, ``w`` kept where ``|w| > √(2τ)``, else 0. Not with ``l1``."),
     Keyword("bounds", None, _bounds, "tuple[float, float] | None",
             "``(lo, hi)``: clamp every weight into [lo, hi] last of all (``(0, inf)``: non-negative "
-            "weights; an infinite side is unconstrained)."),
+            "weights; an infinite side is unconstrained).",
+            fields=(("lo", -math.inf), ("hi", math.inf)),
+            to_hyper=lambda v: v["bounds"] if v["bounds"] is not None else (-math.inf, math.inf)),
     Keyword("prox_metric", "euclidean", _metric, "str",
             "``'euclidean'`` (τ = lr·λ) or ``'adaptive'`` (τᵢ = lr·λ/dᵢ, the optimizer's own "
-            "denominator; not for SGD, not with group proxes) for ``l1``, ``l2``, ``l0``.", modifier=True),
+            "denominator; not for SGD, not with group proxes) for ``l1``, ``l2``, ``l0``.", modifier=True,
+            fields=(("adaptive", False),), to_hyper=lambda v: (v["prox_metric"] == "adaptive",)),
     Keyword("group_lasso", 0.0, strength, "float",
             "λ of λ Σ_g √|g| ‖w_g‖₂ over the slices along ``group_dim``: block soft threshold "
             "``w_g·max(0, 1 − τ√|g|/‖w_g‖₂)`` (whole groups become 0). Needs tensors of 2+ dims."),
     Keyword("group_dim", 0, integer, "int",
-            "The dim whose slices are the groups of ``group_lasso`` (0: output rows / channels).", modifier=True),
+            "The dim whose slices are the groups of ``group_lasso`` (0: output rows / channels).", modifier=True,
+            # the one dim of the group proxes (they share it when both are set)
+            to_hyper=lambda v: (v["group_dim"] if v["group_lasso"] else v["max_norm_dim"],)),
     Keyword("max_norm", None, _max_norm, "float | None",
-            "c: project every group (slices along ``max_norm_dim``) onto ‖w_g‖₂ ≤ c."),
+            "c: project every group (slices along ``max_norm_dim``) onto ‖w_g‖₂ ≤ c.",
+            fields=(("max_norm", 0.0),), to_hyper=lambda v: (v["max_norm"] or 0.0,)),  # 0: no constraint
     Keyword("max_norm_dim", 0, integer, "int",
-            "The dim whose slices ``max_norm`` bounds (the same as ``group_dim`` with both).", modifier=True),
+            "The dim whose slices ``max_norm`` bounds (the same as ``group_dim`` with both).", modifier=True,
+            fields=()),  # (group_dim's field holds it)
 )
 
 REGULARIZER_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS}
@@ -170,20 +191,22 @@ def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> 
     return v
 
 
+# The regularizers' Hyper fields with their values when off, in table order.
+REGULARIZER_FIELDS: tuple[tuple[str, Any], ...] = tuple(f for k in REGULARIZERS for f in k.hyper_fields)
+
+
 def regularizer_hyper(v: dict[str, Any]) -> dict[str, Any]:
     """The :class:`~proxopt.hyper.Hyper` fields of validated regularizer values."""
-    lo, hi = v["bounds"] if v["bounds"] is not None else (-math.inf, math.inf)
-    return dict(
-        l1=v["l1"], l2=v["l2"], l0=v["l0"], lo=lo, hi=hi,
-        adaptive=v["prox_metric"] == "adaptive",
-        group_lasso=v["group_lasso"], max_norm=v["max_norm"] or 0.0,
-        group_dim=v["group_dim"] if v["group_lasso"] else v["max_norm_dim"],
-    )
+    out: dict[str, Any] = {}
+    for k in REGULARIZERS:
+        out.update(zip((name for name, _ in k.hyper_fields), k.hyper_values(v)))
+    return out
 
 
 def has_prox(group: dict) -> bool:
-    """True when the group asks for any proximal step or projection."""
-    return bool(group["l1"] or group["l2"] or group["l0"] or group["bounds"] is not None or has_group_prox(group))
+    """True when the group asks for any proximal step or projection (a
+    regularizing keyword off its default)."""
+    return any(group[name] != default for name, default in ACTING_DEFAULTS.items())
 
 
 def has_group_prox(group: dict) -> bool:

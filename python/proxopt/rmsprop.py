@@ -34,7 +34,6 @@ class RMSprop(ProxOptimizer):
 
     _rule = RMSPROP
     _group_keys = ("alpha", "eps", "centered", "momentum")
-    _all_state_keys = frozenset({"step", "square_avg", "momentum_buffer", "grad_avg"})
 
     def __init__(
         self,
@@ -68,11 +67,3 @@ class RMSprop(ProxOptimizer):
             alpha=check_nonneg("alpha", group["alpha"]),
             centered=bool(group["centered"]),
         )
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        keys = ("square_avg",)
-        if group["momentum"] > 0:
-            keys += ("momentum_buffer",)
-        if group["centered"]:
-            keys += ("grad_avg",)
-        return keys

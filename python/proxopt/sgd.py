@@ -40,9 +40,6 @@ class SGD(ProxOptimizer):
 
     _rule = _SGD
     _group_keys = ("momentum", "dampening", "nesterov")
-    _all_state_keys = frozenset({"momentum_buffer"})
-    _adaptive_ok = False
-    _has_step = False
 
     def __init__(
         self,
@@ -73,6 +70,3 @@ class SGD(ProxOptimizer):
         if group["nesterov"] and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         return dict(momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=bool(group["nesterov"]))
-
-    def _state_keys(self, group: dict) -> tuple[str, ...]:
-        return ("momentum_buffer",) if group["momentum"] != 0 else ()

@@ -16,7 +16,7 @@ import proxopt
 class OptimizerSpec:
     name: str  # the proxopt / torch.optim class name
     hyper: dict[str, Any]
-    words: int  # float32 words read + written per parameter per step (DESIGN.md)
+    words: int  # float32 words read + written per parameter per step (the performance contract)
 
     @property
     def proxopt_cls(self):
@@ -48,7 +48,7 @@ class RegularizerSpec:
 
     @property
     def metric_matters(self) -> bool:
-        """prox_metric scales τ of the elementwise proxes only (DESIGN.md)."""
+        """prox_metric scales τ of the elementwise proxes only (group proxes use the euclidean τ)."""
         return any(k in self.kwargs for k in ("l1", "l2", "l0"))
 
 

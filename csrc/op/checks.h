@@ -1,8 +1,7 @@
-// The operator proxopt::step, device-independent part: its schema, the
-// unboxing of its arguments and the checks of one call that run before
-// anything is written (shared by the CPU and CUDA implementations). A call
-// that passes them is described by a `Call`: raw pointers, element counts,
-// group shapes and the hyperparameters of each bucket.
+// The checks of one call of proxopt::step that run before anything is
+// written, shared by the CPU and CUDA implementations. A call that passes
+// them is described by a `Call`: raw pointers, element counts, group shapes
+// and the hyperparameters of each bucket.
 //
 // A bucket is the tensors of one param group with one dtype on the call's
 // device. Its states are one (S, N) tensor whose columns the layout assigns
@@ -10,16 +9,12 @@
 // The state_dict's per-parameter tensors are views of these (Python's
 // proxopt._dispatch keeps that so).
 //
-// The per-parameter lists are unboxed into raw handles and read through the
-// Stable ABI's C shim directly: a step on many small tensors is bound by this
-// per-tensor work, and torch::stable::Tensor adds a shared_ptr per element and
-// several shim calls per dtype query.
-//
-// Errors are std::invalid_argument (Python: ValueError), prefixed
-// "proxopt.step: tensor K: " when they concern the K-th parameter of the
-// call, so that Python can name the parameter; "proxopt.step: reroute tensor
-// K: " marks a tensor the kernels cannot take but the reference can (a
-// parameter or gradient that stopped being contiguous).
+// Errors are std::invalid_argument (Python: ValueError). One that concerns
+// the K-th parameter of the call, or a parameter the kernels cannot take but
+// the reference can (one that stopped being contiguous), is reported as a
+// Refusal code and K in the call's `refusal` tensor when it has one (Python
+// names the parameter, or steps it on the reference path), and otherwise
+// raised as "proxopt.step: tensor K: ...".
 #pragma once
 
 #include <torch/csrc/stable/library.h>
@@ -29,218 +24,40 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "../proxopt/hyper.h"
+#include "../proxopt/rules.h"
+#include "abi.h"
+#include "dtype_table.h"
+#include "schema.h"
 
 namespace proxopt::op {
 
-// The schema, registered once (cpu_op.cpp) and implemented for CPU and CUDA.
-//   params   kernel-eligible parameters, bucket by bucket (mutated);
-//   grads    same length; None: the parameter is not stepped this call;
-//   states   per bucket, an (S, N) tensor of the parameters' dtype (the real
-//            dtype for complex parameters);
-//   steps    per bucket, a float32/float64 tensor of one counter per parameter
-//            (on the CPU for CPU calls, on the device for CUDA calls);
-//   layout   CPU int64: the B + 1 bucket starts (bucket b is
-//            params[starts[b]:starts[b+1]]), then each parameter's first state column;
-//   hyper    B x kHyperFields values (hyper.h);
-//   lrs      per bucket a tensor lr, or None (then hyper's lr);
-//   grad_scale, found_inf: AMP's tensors (float32, one element);
-//   check_only: run every check, write nothing.
-constexpr const char* kStepSchema =
-    "step(Tensor(a!)[] params, Tensor?[] grads, Tensor(b!)[] states, Tensor(c!)[] steps, "
-    "Tensor layout, float[] hyper, Tensor?[] lrs, Tensor? grad_scale, Tensor? found_inf, "
-    "bool check_only=False) -> ()";
-constexpr int kStepArgs = 10;
+// State columns of a parameter start at a multiple of this many elements
+// (64 bytes of float32): Python lays them out so (proxopt._C.STATE_ALIGN).
+constexpr int64_t kStateAlign = 16;
 
-#define PROXOPT_SHIM(call) STABLE_TORCH_ERROR_CODE_CHECK(call)
+// What the `refusal` tensor reports (proxopt._C.REFUSALS).
+#define PROXOPT_REFUSALS(X)                                                           \
+  X(none, 0)                 /* every tensor taken */                                 \
+  X(param_not_contiguous, 1) /* the reference path can step it: reroute */            \
+  X(grad_not_contiguous, 2)  /* likewise */                                           \
+  X(tensor_error, 3)         /* the K-th parameter is wrong: the message says how */
 
-// ---- the shim's codes, read once ----------------------------------------------
-
-struct Codes {
-  int32_t f32, f64, f16, bf16, c64, c128, i64, i32, boolean;
-  int32_t cpu, cuda;
-  int32_t strided;
+enum class Refusal : int64_t {
+#define PROXOPT_REFUSAL_ENUM(name, code) name = code,
+  PROXOPT_REFUSALS(PROXOPT_REFUSAL_ENUM)
+#undef PROXOPT_REFUSAL_ENUM
 };
 
-inline const Codes& codes() {
-  static const Codes c{aoti_torch_dtype_float32(),    aoti_torch_dtype_float64(),
-                       aoti_torch_dtype_float16(),    aoti_torch_dtype_bfloat16(),
-                       aoti_torch_dtype_complex64(),  aoti_torch_dtype_complex128(),
-                       aoti_torch_dtype_int64(),      aoti_torch_dtype_int32(),
-                       aoti_torch_dtype_bool(),       aoti_torch_device_type_cpu(),
-                       aoti_torch_device_type_cuda(), aoti_torch_layout_strided()};
-  return c;
-}
-
-// Storage types of the kernels (the one dtype table: Python reads it from
-// proxopt._C.KERNEL_DTYPES). A complex tensor runs as its real view.
-enum class DType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-
-struct DTypeInfo {
-  int32_t code;      // the shim's dtype code
-  const char* name;  // torch's name, as Python spells it (torch.float32, ...)
-  DType kernel;      // the storage type the kernels step
-  int reals;         // real elements per tensor element
-  int elem_size;     // bytes of one real element
-  int32_t real_code; // dtype of the states (the real dtype of a complex one)
+// Thrown by the checks at a refused tensor; checked_call turns it into the
+// refusal report or the error.
+struct Refused {
+  Refusal code;
+  int64_t index;
+  std::string what;
 };
-
-inline const std::vector<DTypeInfo>& dtype_table() {
-  static const std::vector<DTypeInfo> table = [] {
-    const Codes& c = codes();
-    return std::vector<DTypeInfo>{
-        {c.f32, "float32", DType::kFloat32, 1, 4, c.f32},
-        {c.f64, "float64", DType::kFloat64, 1, 8, c.f64},
-        {c.f16, "float16", DType::kFloat16, 1, 2, c.f16},
-        {c.bf16, "bfloat16", DType::kBFloat16, 1, 2, c.bf16},
-        {c.c64, "complex64", DType::kFloat32, 2, 4, c.f32},
-        {c.c128, "complex128", DType::kFloat64, 2, 8, c.f64},
-    };
-  }();
-  return table;
-}
-
-inline const DTypeInfo* find_dtype(int32_t code) {
-  for (const auto& d : dtype_table()) {
-    if (d.code == code) return &d;
-  }
-  return nullptr;
-}
-
-// As Python prints it (torch.float32), for messages.
-inline std::string dtype_name(int32_t code) {
-  if (const DTypeInfo* d = find_dtype(code)) return std::string("torch.") + d->name;
-  const Codes& c = codes();
-  if (code == c.i64) return "torch.int64";
-  if (code == c.i32) return "torch.int32";
-  if (code == c.boolean) return "torch.bool";
-  return "dtype code " + std::to_string(code);
-}
-
-// ---- a borrowed tensor handle and its metadata ------------------------------------
-
-struct Ref {
-  AtenTensorHandle h = nullptr;
-
-  explicit operator bool() const { return h != nullptr; }
-  int32_t dtype() const {
-    int32_t v;
-    PROXOPT_SHIM(aoti_torch_get_dtype(h, &v));
-    return v;
-  }
-  int32_t device_type() const {
-    int32_t v;
-    PROXOPT_SHIM(aoti_torch_get_device_type(h, &v));
-    return v;
-  }
-  int32_t device_index() const {
-    int32_t v;
-    PROXOPT_SHIM(aoti_torch_get_device_index(h, &v));
-    return v;
-  }
-  int32_t layout() const {
-    int32_t v;
-    PROXOPT_SHIM(aoti_torch_get_layout(h, &v));
-    return v;
-  }
-  int64_t dim() const {
-    int64_t v;
-    PROXOPT_SHIM(aoti_torch_get_dim(h, &v));
-    return v;
-  }
-  const int64_t* sizes() const {
-    int64_t* v;
-    PROXOPT_SHIM(aoti_torch_get_sizes(h, &v));
-    return v;
-  }
-  int64_t numel() const {
-    int64_t v;
-    PROXOPT_SHIM(aoti_torch_get_numel(h, &v));
-    return v;
-  }
-  bool contiguous() const {
-    bool v;
-    PROXOPT_SHIM(aoti_torch_is_contiguous(h, &v));
-    return v;
-  }
-  void* data() const {
-    void* v;
-    PROXOPT_SHIM(aoti_torch_get_data_ptr(h, &v));
-    return v;
-  }
-};
-
-// ---- unboxing: every handle the call receives is owned here ---------------------------
-
-class Handles {
- public:
-  Handles() = default;
-  Handles(const Handles&) = delete;
-  Handles& operator=(const Handles&) = delete;
-  ~Handles() {
-    for (AtenTensorHandle h : hs_) {
-      if (h != nullptr) aoti_torch_delete_tensor_object(h);
-    }
-  }
-  void push(AtenTensorHandle h) { hs_.push_back(h); }
-  void reserve(size_t n) { hs_.reserve(n); }
-  size_t size() const { return hs_.size(); }
-  Ref operator[](size_t i) const { return Ref{hs_[i]}; }
-
- private:
-  std::vector<AtenTensorHandle> hs_;
-};
-
-// A `Tensor?` argument: a pointer to a boxed tensor, or null for None (the
-// 2.10 convention, as torch/csrc/stable/stableivalue_conversions.h reads it).
-inline AtenTensorHandle take_optional(StableIValue v) {
-  auto* boxed = torch::stable::detail::to<StableIValue*>(v);
-  if (boxed == nullptr) return nullptr;
-  AtenTensorHandle h = torch::stable::detail::to<AtenTensorHandle>(*boxed);
-  delete boxed;
-  return h;
-}
-
-inline void take_list(StableIValue v, bool optional, Handles& out) {
-  auto list = torch::stable::detail::to<StableListHandle>(v);
-  size_t n = 0;
-  PROXOPT_SHIM(torch_list_size(list, &n));
-  out.reserve(n);
-  for (size_t i = 0; i < n; ++i) {
-    StableIValue el;
-    PROXOPT_SHIM(torch_list_get_item(list, i, &el));
-    out.push(optional ? take_optional(el) : torch::stable::detail::to<AtenTensorHandle>(el));
-  }
-  PROXOPT_SHIM(torch_delete_list(list));
-}
-
-struct Args {
-  Handles params, grads, states, steps, layout, lrs, grad_scale, found_inf;
-  std::vector<double> hyper;
-  bool check_only = false;
-};
-
-// Takes ownership of the boxed arguments of one call (the stack's layout is
-// the schema's argument order).
-inline void unbox(StableIValue* stack, uint64_t num_args, Args& a) {
-  if (num_args != kStepArgs) {
-    throw std::invalid_argument("proxopt.step: the registered schema has " + std::to_string(num_args) +
-                                " arguments, this build expects " + std::to_string(kStepArgs));
-  }
-  take_list(stack[0], false, a.params);
-  take_list(stack[1], true, a.grads);
-  take_list(stack[2], false, a.states);
-  take_list(stack[3], false, a.steps);
-  a.layout.push(torch::stable::detail::to<AtenTensorHandle>(stack[4]));
-  a.hyper = torch::stable::detail::to<std::vector<double>>(stack[5]);
-  take_list(stack[6], true, a.lrs);
-  a.grad_scale.push(take_optional(stack[7]));
-  a.found_inf.push(take_optional(stack[8]));
-  a.check_only = torch::stable::detail::to<bool>(stack[9]);
-}
 
 // ---- what a checked call is ------------------------------------------------------------
 
@@ -277,6 +94,7 @@ struct Call {
   const void* grad_scale = nullptr;
   const void* found_inf = nullptr;
   bool any_stepped = false;
+  bool refused = false;         // a tensor was refused and reported: write nothing
 };
 
 inline std::string shape_of(Ref t) {
@@ -290,6 +108,18 @@ inline std::string shape_of(Ref t) {
   return os.str();
 }
 
+// The shim's codes, read once.
+struct Codes {
+  int32_t f32 = aoti_torch_dtype_float32(), f64 = aoti_torch_dtype_float64(), i64 = aoti_torch_dtype_int64();
+  int32_t cpu = aoti_torch_device_type_cpu(), cuda = aoti_torch_device_type_cuda();
+  int32_t strided = aoti_torch_layout_strided();
+};
+
+inline const Codes& codes() {
+  static const Codes c;
+  return c;
+}
+
 inline std::string where(Ref t) {
   const int32_t type = t.device_type();
   if (type == codes().cpu) return "cpu";
@@ -301,10 +131,10 @@ inline std::string where(Ref t) {
   throw std::invalid_argument("proxopt.step: " + what);
 }
 [[noreturn]] inline void fail_tensor(int64_t i, const std::string& what) {
-  fail("tensor " + std::to_string(i) + ": " + what);
+  throw Refused{Refusal::tensor_error, i, what};
 }
-[[noreturn]] inline void reroute(int64_t i, const std::string& what) {
-  fail("reroute tensor " + std::to_string(i) + ": " + what);
+[[noreturn]] inline void reroute(int64_t i, Refusal code, const std::string& what) {
+  throw Refused{code, i, what};
 }
 
 inline double read_scalar(const void* p, bool f64) {
@@ -313,7 +143,7 @@ inline double read_scalar(const void* p, bool f64) {
 
 // Every check of one call. It reads only metadata (and the layout); the
 // values of steps, lr and found_inf are read by the backend afterwards.
-inline Call check_call(const Args& a, Backend backend) {
+inline Call check_tensors(const Args& a, Backend backend) {
   const Codes& cd = codes();
   Call c;
   c.backend = backend;
@@ -360,6 +190,7 @@ inline Call check_call(const Args& a, Backend backend) {
     Bucket& bk = c.buckets[size_t(b)];
     const std::string bname = "bucket " + std::to_string(b);
     bk.h = parse_hyper(a.hyper.data() + b * kHyperFields, "proxopt.step: " + bname);
+    check_rule_hyper(bk.h, "proxopt.step: " + bname);
     bk.nstates = state_count(bk.h);
     bk.first = lay[b];
     bk.last = lay[b + 1];
@@ -413,10 +244,10 @@ inline Call check_call(const Args& a, Backend backend) {
         fail_tensor(i, "dtype " + dtype_name(p.dtype()) + " differs from its bucket's " + dtype_name(dt));
       }
       if (!here(p)) fail_tensor(i, "is on " + where(p) + ", the other parameters of its call on " + device_name);
-      if (p.layout() != cd.strided || !p.contiguous()) reroute(i, "the parameter is not contiguous");
+      if (p.layout() != cd.strided || !p.contiguous()) reroute(i, Refusal::param_not_contiguous, "the parameter is not contiguous");
       it.numel = p.numel() * bk.dtype->reals;
       it.column = column[i];
-      if (bk.nstates > 0 && (it.column < prev_end || it.column + it.numel > bk.cols || it.column % 16 != 0)) {
+      if (bk.nstates > 0 && (it.column < prev_end || it.column + it.numel > bk.cols || it.column % kStateAlign != 0)) {
         fail_tensor(i, "its state columns [" + std::to_string(it.column) + ", " +
                            std::to_string(it.column + it.numel) + ") are out of order, unaligned or beyond the " +
                            std::to_string(bk.cols) + " columns of its bucket's states: the state no longer fits "
@@ -454,7 +285,7 @@ inline Call check_call(const Args& a, Backend backend) {
         fail_tensor(i, "its grad has shape " + shape_of(g) + ", dtype " + dtype_name(g.dtype()) + ", device " +
                            where(g) + "; the parameter has " + shape_of(p) + ", " + dtype_name(dt) + ", " + where(p));
       }
-      if (!g.contiguous()) reroute(i, "its grad is not contiguous");
+      if (!g.contiguous()) reroute(i, Refusal::grad_not_contiguous, "its grad is not contiguous");
       it.g = it.numel > 0 ? g.data() : nullptr;
       it.stepped = true;
       c.any_stepped = true;
@@ -471,6 +302,35 @@ inline Call check_call(const Args& a, Backend backend) {
   c.grad_scale = amp(a.grad_scale[0], "grad_scale");
   c.found_inf = amp(a.found_inf[0], "found_inf");
   return c;
+}
+
+// Every check of one call (check_tensors), with a refused tensor reported in
+// the call's `refusal` tensor when it has one, else raised.
+inline Call checked_call(const Args& a, Backend backend) {
+  const Ref out = a.refusal[0];
+  if (out && (out.device_type() != codes().cpu || out.dtype() != codes().i64 || !out.contiguous() ||
+              out.numel() != 2)) {
+    fail("refusal must be a contiguous CPU int64 tensor of 2 elements");
+  }
+  try {
+    Call c = check_tensors(a, backend);
+    if (out) {
+      auto* r = static_cast<int64_t*>(out.data());
+      r[0] = int64_t(Refusal::none);
+      r[1] = -1;
+    }
+    return c;
+  } catch (const Refused& r) {
+    if (!out) fail("tensor " + std::to_string(r.index) + ": " + r.what);
+    auto* report = static_cast<int64_t*>(out.data());
+    report[0] = int64_t(r.code);
+    report[1] = r.index;
+    if (r.code == Refusal::tensor_error) throw std::invalid_argument(r.what);
+    Call c;
+    c.backend = backend;
+    c.refused = true;
+    return c;
+  }
 }
 
 }  // namespace proxopt::op
