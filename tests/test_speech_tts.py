@@ -14,6 +14,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from examples.speech import data as D
+from examples.speech import espeak as E
 from examples.speech import tts
 from examples.speech import tts_corpus as C
 from examples.speech.tts_model import ProsodyTTS, length_regulate
@@ -22,9 +23,9 @@ from proxopt.penalties import gaussian_kl_penalty
 
 def _espeak_ok() -> bool:
     try:
-        C.espeak_library()
+        E.espeak_library()
         return True
-    except D.EspeakUnavailableError:
+    except E.EspeakUnavailableError:
         return False
 
 
@@ -39,7 +40,7 @@ needs_espeak = pytest.mark.skipif(_SKIP, reason="libespeak-ng is not installed (
 @needs_espeak
 @pytest.mark.parametrize("voice", ["en-us+m3", "en+f2", "en-us+klatt"])
 def test_espeak_phoneme_events_give_durations_summing_to_frames(voice):
-    lib = C.espeak_library()
+    lib = E.espeak_library()
     spoken = lib.speak("hello world, this is a test", voice, rate=170, pitch=40)
     assert spoken.sample_rate == 22050 and spoken.audio.dtype == np.float32
     names = [e.name for e in spoken.phonemes]
@@ -60,7 +61,7 @@ def test_espeak_phoneme_events_give_durations_summing_to_frames(voice):
 
 @needs_espeak
 def test_espeak_voices_differ_and_unknown_voice_is_rejected():
-    lib = C.espeak_library()
+    lib = E.espeak_library()
     a = lib.speak("a quiet garden", "en-us+m3")
     b = lib.speak("a quiet garden", "en+f2")
     assert len(a.audio) != len(b.audio) or not np.array_equal(a.audio, b.audio)
@@ -72,11 +73,11 @@ def test_espeak_voices_differ_and_unknown_voice_is_rejected():
 
 @needs_espeak
 def test_espeak_instance_is_one_per_library():
-    lib = C.espeak_library()
-    a = C.open_espeak(["/nonexistent/libespeak-ng.so.1", lib._lib._name])
-    assert a is lib and C.open_espeak([lib._lib._name]) is lib  # the callback is registered once, by lib
+    lib = E.espeak_library()
+    a = E.open_espeak(["/nonexistent/libespeak-ng.so.1", lib._lib._name])
+    assert a is lib and E.open_espeak([lib._lib._name]) is lib  # the callback is registered once, by lib
     with pytest.raises(RuntimeError, match="already has its Espeak instance"):
-        C.Espeak(lib._lib)
+        E.Espeak(lib._lib)
 
 
 def _exit_3(*args):
@@ -95,8 +96,8 @@ CHILD_FAILURES = [
     # (label, what to patch: (object or module attribute path, name, value), expected error, message)
     ("child exits", ("lib", "_speak_here", _exit_3), RuntimeError, "failed \\(exit status 3\\) synthesizing 'hello'"),
     ("unpicklable result", ("lib", "_speak_here", lambda *a: lambda: None), RuntimeError, "could not send .* synthesizing 'hello'"),
-    ("interrupted while sending", ("C", "pickle", "dumps-raises"), RuntimeError, "failed \\(exit status 1\\) synthesizing 'hello'"),
-    ("error in the synth callback", ("C", "PhonemeEvent", _raise_in_callback), ValueError, "boom in the synth callback"),
+    ("interrupted while sending", ("E", "pickle", "dumps-raises"), RuntimeError, "failed \\(exit status 1\\) synthesizing 'hello'"),
+    ("error in the synth callback", ("E", "PhonemeEvent", _raise_in_callback), ValueError, "boom in the synth callback"),
 ]
 
 
@@ -106,11 +107,11 @@ def test_espeak_child_failures_raise_in_the_parent(monkeypatch, label, patch, er
     import pickle
     import types
 
-    lib = C.espeak_library()
+    lib = E.espeak_library()
     where, name, value = patch
     if value == "dumps-raises":  # the child's pickle.dumps raises a BaseException: it must still exit, status 1
         value = types.SimpleNamespace(dumps=_keyboard_interrupt, loads=pickle.loads)
-    monkeypatch.setattr(lib if where == "lib" else C, name, value)
+    monkeypatch.setattr(lib if where == "lib" else E, name, value)
     me = os.getpid()
     with pytest.raises(error, match=message):
         lib.speak("hello", "en-us+m3")
@@ -120,8 +121,8 @@ def test_espeak_child_failures_raise_in_the_parent(monkeypatch, label, patch, er
 
 
 def test_missing_library_raises_with_install_hint():
-    with pytest.raises(D.EspeakUnavailableError, match="apt-get install -y espeak-ng"):
-        C.open_espeak(["/nonexistent/libespeak-ng.so.1"])
+    with pytest.raises(E.EspeakUnavailableError, match="apt-get install -y espeak-ng"):
+        E.open_espeak(["/nonexistent/libespeak-ng.so.1"])
 
 
 def test_frame_durations_by_hand_and_errors():

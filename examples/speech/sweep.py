@@ -62,7 +62,7 @@ from typing import Any
 
 import torch
 
-from . import data as D
+from .espeak import EspeakUnavailableError
 from .magnitude import check_fraction
 from .runs import (
     CHANNELS,
@@ -553,7 +553,7 @@ def run_command(args, load, make_task, name: str, title) -> tuple | None:
     cfg = config_from_args(args, log)
     try:
         corpus = load(args, log)
-    except D.EspeakUnavailableError as e:
+    except EspeakUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
     task, info = make_task(corpus, args, log)

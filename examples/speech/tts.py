@@ -86,7 +86,7 @@ from torch import Tensor, nn
 import proxopt
 from proxopt.penalties import gaussian_kl_penalty, l2_penalty
 
-from . import data as D
+from .espeak import EspeakUnavailableError
 from . import tts_corpus as C
 from .features import dct_matrix
 from .runs import compare_inference, environment, lr_schedule, pyplot, text_table
@@ -770,7 +770,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t_all = time.perf_counter()
     try:
         corpus = load_data(args, log)
-    except D.EspeakUnavailableError as e:
+    except EspeakUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     data = TTSData.from_corpus(corpus, seed=args.seed)
