@@ -311,6 +311,13 @@ def save_corpus(
     return write_npz(path, data)
 
 
+def describe_split(groups: Any) -> str:
+    """How the held-out set was chosen, given the corpus's ``groups`` (None
+    when the file has none: every utterance is then its own group, i.e. a
+    plain random split, and speakers may appear on both sides)."""
+    return "random: the file has no groups" if groups is None else "by group (speaker-disjoint)"
+
+
 def split_by_group(
     corpus: Corpus, test_fraction: float = 0.2, seed: int = 0, min_test_groups: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
