@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .reports import bars, pyplot, results_table, save_figure, write_reports
+from .reports import Column, bars, pyplot, results_table, save_figure, write_reports
 from .results import RunResult
 from .runs import CHANNELS, RUNS, TARGET_UNITS, ZEROS, Task
 from .sweep import curves, landed, report_lines, verdicts
@@ -18,7 +18,7 @@ def fmt_metric(name: str, v: float) -> str:
     return f"{v:.2%}" if name == "accuracy" else f"{v:.4f}"
 
 
-def columns(primary: str) -> list[tuple[str, Any]]:
+def columns(primary: str) -> list[Column]:
     """The table: one row per run (per target and seed)."""
     return [
         ("run", lambda r: r.run),

@@ -79,7 +79,7 @@ from typing import Any
 from . import cli
 from . import tts_corpus as C
 from .espeak import EspeakUnavailableError
-from .reports import results_table, write_reports
+from .reports import Column, results_table, write_reports
 from .tts_data import TTSData
 from .tts_figures import plot_results, plot_spectrograms, showcase, write_wavs
 from .tts_model import ProsodyTTS
@@ -90,7 +90,7 @@ def _held(r) -> str:
     return "" if r.range_held is None else (" ✓" if r.range_held else " ✗")
 
 
-COLUMNS = [
+COLUMNS: list[Column] = [
     ("run", lambda r: r.run),
     ("optimizer / regularizer", lambda r: r.label),
     ("L1", lambda r: f"{r.metrics['test_sentences']['l1']:.4f}"),
