@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from examples.speech import data as D
+from examples.speech import espeak as E
 
 # espeak-ng tests skip only when the binary is truly absent (CI installs it);
 # PROXOPT_REQUIRE_ESPEAK=1 turns that skip into a failure.
-_SKIP = D.espeak_binary() is None and os.environ.get("PROXOPT_REQUIRE_ESPEAK") != "1"
+_SKIP = E.espeak_binary() is None and os.environ.get("PROXOPT_REQUIRE_ESPEAK") != "1"
 needs_espeak = pytest.mark.skipif(_SKIP, reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
 
 
@@ -155,7 +156,7 @@ def test_espeak_wav_is_read_bit_for_bit():
     header += (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (22050).to_bytes(4, "little")
     header += (44100).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
     header += b"data" + b"\xff\xff\xff\x7f"
-    wav, sr = D._parse_wav(header + pcm.tobytes())
+    wav, sr = E._parse_wav(header + pcm.tobytes())
     assert sr == 22050 and wav.dtype == np.float32
     np.testing.assert_array_equal(wav, pcm.astype(np.float32) / 32768.0)
 
@@ -207,16 +208,16 @@ def test_cache_is_reused(tmp_path):
 
 @needs_espeak
 def test_unknown_voice_is_an_error(tmp_path):
-    assert {"m3", "f2", "klatt"} <= D.espeak_variants()
+    assert {"m3", "f2", "klatt"} <= E.espeak_variants()
     with pytest.raises(ValueError, match="no voice variant.*no-such-variant"):
         D.synthesize_corpus(D.tiny_spec(variants=("m3", "no-such-variant")), cache_dir=tmp_path)
     with pytest.raises(RuntimeError, match="espeak-ng"):
-        D.espeak_synthesize("yes", "qqqq")
+        E.espeak_synthesize("yes", "qqqq")
 
 
 def test_missing_espeak_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PROXOPT_ESPEAK", str(tmp_path / "no-espeak-here"))
-    assert D.espeak_binary() is None
-    with pytest.raises(D.EspeakUnavailableError, match="apt-get install -y espeak-ng"):
+    assert E.espeak_binary() is None
+    with pytest.raises(E.EspeakUnavailableError, match="apt-get install -y espeak-ng"):
         D.synthesize_corpus(D.tiny_spec(), cache_dir=tmp_path)
     assert shutil.which("sh")  # (the env var only affects proxopt)

@@ -11,8 +11,9 @@ import pytest
 
 from examples.speech import data as D
 from examples.speech import denoise, kws
+from examples.speech import espeak as E
 
-_SKIP = D.espeak_binary() is None and os.environ.get("PROXOPT_REQUIRE_ESPEAK") != "1"
+_SKIP = E.espeak_binary() is None and os.environ.get("PROXOPT_REQUIRE_ESPEAK") != "1"
 pytestmark = pytest.mark.skipif(_SKIP, reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
 
 TINY = dict(keywords=("yes", "no", "stop"), variants=("m1", "m3", "f2", "f4", "klatt", "Annie"), reps=6, snr_db=(15.0, 30.0))

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from examples.speech import data as D
-from examples.speech import kws, runs, sweep
+from examples.speech import kws, runs, sweep, sweep_command
+from examples.speech import layers as L
 from examples.speech.magnitude import ChannelMagnitudePruning, CubicSchedule, GlobalMagnitudePruning, check_fraction
 from proxopt.pruning import prune_zero_channels
 
@@ -39,7 +40,7 @@ def features_file(tmp_path_factory):
 
 def _sweep(path, out, *argv):
     args = kws.build_parser().parse_args(["--data", str(path), "--out", str(out), *SMALL_MODEL, *argv])
-    return sweep.run_command(args, kws.load_data, kws.make_task, "kws", lambda info: "test")
+    return sweep_command.run_command(args, kws.load_data, kws.make_task, "kws", lambda info: "test")
 
 
 def _mlp() -> nn.Sequential:
@@ -160,13 +161,13 @@ def test_plan_of_a_sweep_and_without_one():
 
 
 def test_option_parsing_errors(capsys):
-    assert sweep.parse_fractions("0.8, 0.9", "--sparsity") == (0.8, 0.9)
+    assert sweep_command.parse_fractions("0.8, 0.9", "--sparsity") == (0.8, 0.9)
     with pytest.raises(ValueError, match=r"Invalid --sparsity value: 1.5 \(a fraction in \[0, 1\)\)"):
-        sweep.parse_fractions("0.9,1.5", "--sparsity")
+        sweep_command.parse_fractions("0.9,1.5", "--sparsity")
     with pytest.raises(ValueError, match="Invalid --channel-sparsity value: '0.5,0.5' lists a target twice"):
-        sweep.parse_fractions("0.5,0.5", "--channel-sparsity")
+        sweep_command.parse_fractions("0.5,0.5", "--channel-sparsity")
     with pytest.raises(ValueError, match="Invalid --seeds value"):
-        sweep.parse_seeds("0,-1")
+        sweep_command.parse_seeds("0,-1")
     with pytest.raises(ValueError, match="Invalid --runs value"):
         runs.parse_runs("dense,magnitud")
     with pytest.raises(SystemExit):
@@ -233,21 +234,21 @@ def test_tiny_sweep(features_file, tmp_path, capsys):
     for seed in (0, 1):
         mag, chan = by[("magnitude", seed)], by[("magnitude-structured", seed)]
         # unstructured: exactly round(s * N) zeros over the regularized weights
-        weights = [m.weight for m in runs.regularized_layers(mag.model)]
+        weights = [m.weight for m in L.regularized_layers(mag.model)]
         n = sum(w.numel() for w in weights)
         assert sum(int((w == 0).sum()) for w in weights) == round(0.8 * n)
         assert mag.weight_zero_fraction == pytest.approx(0.8, abs=1 / n)
         # structured: per layer round(s * C) rows, the output layer untouched
-        layers = runs.channel_layers(chan.model)
+        layers = L.channel_layers(chan.model)
         assert [_zero_rows(m.weight) for m in layers] == [round(0.5 * m.weight.shape[0]) for m in layers]
         assert chan.zero_channels == sum(round(0.5 * m.weight.shape[0]) for m in layers)
-        assert _zero_rows(runs._output_layer(chan.model).weight) == 0
+        assert _zero_rows(L.output_layer(chan.model).weight) == 0
         # masks are permanent, and the pruned model is the sparse one, smaller
         for r in (mag, chan):
             _no_reparametrization(r.model)
             assert r.pruned_max_abs_diff < 1e-5
         small = prune_zero_channels(chan.model)
-        assert [m.weight.shape[0] for m in runs.channel_layers(small)] == [m.weight.shape[0] - _zero_rows(m.weight) for m in layers]
+        assert [m.weight.shape[0] for m in L.channel_layers(small)] == [m.weight.shape[0] - _zero_rows(m.weight) for m in layers]
         x = torch.randn(4, *chan.model[0].weight.shape[1:2], 40)
         chan.model.eval(), small.eval()
         torch.testing.assert_close(small(x), chan.model(x), atol=1e-5, rtol=1e-5)
@@ -257,7 +258,7 @@ def test_tiny_sweep(features_file, tmp_path, capsys):
         assert ctl["key"] == "l1" and ctl["by_step"] == mag.control["end"] and ctl["target"] == 0.8
         # prox-group: one controller per channel layer, the output layer's columns following the last
         group = by[("prox-group", seed)]
-        n_layers = len(runs.channel_layers(group.model))
+        n_layers = len(L.channel_layers(group.model))
         assert group.control["groups"] == [[i] for i in range(n_layers)] and list(group.control["followers"].values()) == [n_layers - 1]
 
     report = json.loads(paths["json"].read_text())
@@ -293,7 +294,7 @@ def test_controller_lands_near_its_target(features_file, tmp_path):
     # the controller measures what the table counts (at its last event)
     assert l1.control["measured"][0] == pytest.approx(l1.weight_zero_fraction, abs=0.05)
     # per layer: each channel layer's own fraction, their channel-weighted mean is the table's
-    layers = runs.channel_layers(group.model)
+    layers = L.channel_layers(group.model)
     rows = [m.weight.shape[0] for m in layers]
     assert [_zero_rows(m.weight) / n for m, n in zip(layers, rows)] == pytest.approx(group.control["measured"], abs=0.05)
     assert sum(f * n for f, n in zip(group.control["measured"], rows)) / sum(rows) == pytest.approx(group.channel_fraction, abs=0.05)

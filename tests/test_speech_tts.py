@@ -14,7 +14,11 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from examples.speech import data as D
-from examples.speech import tts
+from examples.speech import espeak as E
+from examples.speech import tts, tts_runs
+from examples.speech.results import RunResult
+from examples.speech.tts_data import TTSData
+from examples.speech.tts_metrics import evaluate, predict
 from examples.speech import tts_corpus as C
 from examples.speech.tts_model import ProsodyTTS, length_regulate
 from proxopt.penalties import gaussian_kl_penalty
@@ -22,9 +26,9 @@ from proxopt.penalties import gaussian_kl_penalty
 
 def _espeak_ok() -> bool:
     try:
-        C.espeak_library()
+        E.espeak_library()
         return True
-    except D.EspeakUnavailableError:
+    except E.EspeakUnavailableError:
         return False
 
 
@@ -39,7 +43,7 @@ needs_espeak = pytest.mark.skipif(_SKIP, reason="libespeak-ng is not installed (
 @needs_espeak
 @pytest.mark.parametrize("voice", ["en-us+m3", "en+f2", "en-us+klatt"])
 def test_espeak_phoneme_events_give_durations_summing_to_frames(voice):
-    lib = C.espeak_library()
+    lib = E.espeak_library()
     spoken = lib.speak("hello world, this is a test", voice, rate=170, pitch=40)
     assert spoken.sample_rate == 22050 and spoken.audio.dtype == np.float32
     names = [e.name for e in spoken.phonemes]
@@ -60,7 +64,7 @@ def test_espeak_phoneme_events_give_durations_summing_to_frames(voice):
 
 @needs_espeak
 def test_espeak_voices_differ_and_unknown_voice_is_rejected():
-    lib = C.espeak_library()
+    lib = E.espeak_library()
     a = lib.speak("a quiet garden", "en-us+m3")
     b = lib.speak("a quiet garden", "en+f2")
     assert len(a.audio) != len(b.audio) or not np.array_equal(a.audio, b.audio)
@@ -72,11 +76,11 @@ def test_espeak_voices_differ_and_unknown_voice_is_rejected():
 
 @needs_espeak
 def test_espeak_instance_is_one_per_library():
-    lib = C.espeak_library()
-    a = C.open_espeak(["/nonexistent/libespeak-ng.so.1", lib._lib._name])
-    assert a is lib and C.open_espeak([lib._lib._name]) is lib  # the callback is registered once, by lib
+    lib = E.espeak_library()
+    a = E.open_espeak(["/nonexistent/libespeak-ng.so.1", lib._lib._name])
+    assert a is lib and E.open_espeak([lib._lib._name]) is lib  # the callback is registered once, by lib
     with pytest.raises(RuntimeError, match="already has its Espeak instance"):
-        C.Espeak(lib._lib)
+        E.Espeak(lib._lib)
 
 
 def _exit_3(*args):
@@ -95,8 +99,8 @@ CHILD_FAILURES = [
     # (label, what to patch: (object or module attribute path, name, value), expected error, message)
     ("child exits", ("lib", "_speak_here", _exit_3), RuntimeError, "failed \\(exit status 3\\) synthesizing 'hello'"),
     ("unpicklable result", ("lib", "_speak_here", lambda *a: lambda: None), RuntimeError, "could not send .* synthesizing 'hello'"),
-    ("interrupted while sending", ("C", "pickle", "dumps-raises"), RuntimeError, "failed \\(exit status 1\\) synthesizing 'hello'"),
-    ("error in the synth callback", ("C", "PhonemeEvent", _raise_in_callback), ValueError, "boom in the synth callback"),
+    ("interrupted while sending", ("E", "pickle", "dumps-raises"), RuntimeError, "failed \\(exit status 1\\) synthesizing 'hello'"),
+    ("error in the synth callback", ("E", "PhonemeEvent", _raise_in_callback), ValueError, "boom in the synth callback"),
 ]
 
 
@@ -106,11 +110,11 @@ def test_espeak_child_failures_raise_in_the_parent(monkeypatch, label, patch, er
     import pickle
     import types
 
-    lib = C.espeak_library()
+    lib = E.espeak_library()
     where, name, value = patch
     if value == "dumps-raises":  # the child's pickle.dumps raises a BaseException: it must still exit, status 1
         value = types.SimpleNamespace(dumps=_keyboard_interrupt, loads=pickle.loads)
-    monkeypatch.setattr(lib if where == "lib" else C, name, value)
+    monkeypatch.setattr(lib if where == "lib" else E, name, value)
     me = os.getpid()
     with pytest.raises(error, match=message):
         lib.speak("hello", "en-us+m3")
@@ -120,8 +124,8 @@ def test_espeak_child_failures_raise_in_the_parent(monkeypatch, label, patch, er
 
 
 def test_missing_library_raises_with_install_hint():
-    with pytest.raises(D.EspeakUnavailableError, match="apt-get install -y espeak-ng"):
-        C.open_espeak(["/nonexistent/libespeak-ng.so.1"])
+    with pytest.raises(E.EspeakUnavailableError, match="apt-get install -y espeak-ng"):
+        E.open_espeak(["/nonexistent/libespeak-ng.so.1"])
 
 
 def test_frame_durations_by_hand_and_errors():
@@ -241,13 +245,13 @@ def test_evaluate_rejects_an_empty_split():
     corpus = dataclasses.replace(
         C.validate_tts_corpus(_valid_arrays()), held_out_speakers=np.array([1]), held_out_sentences=np.array([], np.int64)
     )
-    data = tts.TTSData.from_corpus(corpus)
+    data = TTSData.from_corpus(corpus)
     assert len(data.splits["test_sentences"]) == 0 and len(data.splits["test_voices"]) == 1
     torch.manual_seed(0)
     model = ProsodyTTS(data.n_phonemes, 2, 4, dim=8, encoder_layers=1, decoder_layers=1, latent_dim=2)
     with pytest.raises(ValueError, match="Invalid split: 'test_sentences' has no utterances"):
-        tts.evaluate(model, data, "test_sentences")
-    assert all(np.isfinite(v) for v in tts.evaluate(model, data, "test_voices").values())
+        evaluate(model, data, "test_sentences")
+    assert all(np.isfinite(v) for v in evaluate(model, data, "test_voices").values())
 
 
 RUNS_ERRORS = [
@@ -261,12 +265,12 @@ RUNS_ERRORS = [
 @pytest.mark.parametrize("label,text,message", RUNS_ERRORS, ids=[r[0] for r in RUNS_ERRORS])
 def test_parse_runs_rejects_unknown_empty_and_repeated_runs(label, text, message):
     with pytest.raises(ValueError, match=message):
-        tts.parse_runs(text)
+        tts_runs.parse_runs(text)
     with pytest.raises(ValueError, match=message.replace("--runs", "--show")):
-        tts.parse_runs(text, "--show")
+        tts_runs.parse_runs(text, "--show")
     with pytest.raises(SystemExit):  # the command line reports it
         tts.main(["--runs", text])
-    assert tts.parse_runs("kl, dense") == ["kl", "dense"]
+    assert tts_runs.parse_runs("kl, dense") == ["kl", "dense"]
 
 
 def test_run_result_to_dict_does_not_copy_the_models():
@@ -274,9 +278,9 @@ def test_run_result_to_dict_does_not_copy_the_models():
         def __deepcopy__(self, memo):
             raise AssertionError("to_dict deep-copied a model")
 
-    values = {f.name: 0 for f in dataclasses.fields(tts.TTSRunResult)}
+    values = {f.name: 0 for f in dataclasses.fields(RunResult)}
     values.update(run="dense", label="x", metrics={"test_sentences": {"l1": 1.0}}, losses=[1.0], model=NoCopy(), pruned_model=NoCopy())
-    r = tts.TTSRunResult(**values)
+    r = RunResult(**values)
     d = r.to_dict()
     assert "model" not in d and "pruned_model" not in d and "losses" not in d
     assert d["metrics"] == r.metrics and d["metrics"] is not r.metrics and d["step_ms"] == 0.0
@@ -369,14 +373,14 @@ def test_tiny_corpus_is_cached_deterministic_and_split(tiny_corpus, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_results(tiny_corpus):
     torch.set_num_threads(1)
-    data = tts.TTSData.from_corpus(C.load_tts_corpus(tiny_corpus[0]))
-    cfg = tts.TTSConfig(epochs=4, batch_size=4, lr=5e-3, max_norm=0.5, bound=0.05, l2=1e-2, weight_decay=5.0,
+    data = TTSData.from_corpus(C.load_tts_corpus(tiny_corpus[0]))
+    cfg = tts_runs.TTSConfig(epochs=4, batch_size=4, lr=5e-3, max_norm=0.5, bound=0.05, l2=1e-2, weight_decay=5.0,
                         l1=1e-3, group_lasso=2.0, kl=1.0, log=None)  # fmt: skip
 
     def make_model():
         return ProsodyTTS(data.n_phonemes, len(data.corpus.speaker_names), data.corpus.mel.n_mels, dim=16, encoder_layers=2, decoder_layers=2, latent_dim=4)
 
-    results = {run: tts.train_run(run, data, make_model, cfg, time_inference=False) for run in tts.RUN_NAMES}
+    results = {run: tts_runs.train_run(run, data, make_model, cfg, time_inference=False) for run in tts_runs.RUN_NAMES}
     return data, cfg, make_model, results
 
 
@@ -384,11 +388,11 @@ def tiny_results(tiny_corpus):
 def test_tiny_runs_are_deterministic_and_learn(tiny_results):
     data, cfg, make_model, results = tiny_results
     dense = results["dense"]
-    again = tts.train_run("dense", data, make_model, cfg, time_inference=False)
+    again = tts_runs.train_run("dense", data, make_model, cfg, time_inference=False)
     assert again.losses == dense.losses and again.metrics == dense.metrics
     assert dense.steps == 4 * 4 and len(dense.history) == 4
     assert dense.history[-1]["train_l1"] < dense.history[0]["train_l1"]
-    pred = tts.predict(dense.model, data, int(data.splits["test_voices"][0]))
+    pred = predict(dense.model, data, int(data.splits["test_voices"][0]))
     assert pred.shape == (data.corpus.mel.n_mels, len(data.corpus.mels[int(data.splits["test_voices"][0])]))
     # the same first step for every run: same init, data order and seeds
     assert all(r.losses[0] == dense.losses[0] for r in results.values())
@@ -401,9 +405,9 @@ def test_tiny_runs_regularizers_do_what_they_claim(tiny_results):
     data, cfg, _, results = tiny_results
     r = results
     # weight-range limits hold, in the prox and in the clamp-loop runs alike
-    for run in tts.MAX_NORM_RUNS:
+    for run in tts_runs.MAX_NORM_RUNS:
         assert r[run].range_held and r[run].max_row_norm <= cfg.max_norm * (1 + 1e-5)
-    for run in tts.BOUNDS_RUNS:
+    for run in tts_runs.BOUNDS_RUNS:
         assert r[run].range_held and r[run].max_abs_weight <= float(torch.tensor(cfg.bound))  # float32(b)
     assert r["dense"].max_row_norm > cfg.max_norm and r["dense"].max_abs_weight > cfg.bound  # they bind
     for run in ("prox-maxnorm", "prox-bounds"):  # and the fused projection matches the Python loop

@@ -72,38 +72,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
-import hashlib
-import io
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from .corpus_cache import cached_corpus, default_cache_dir, spec_key
+from .corpus_files import CorpusFormatError, format_error, read_npz, write_npz
+from .espeak import espeak_synthesize_many, espeak_variants, espeak_version
+from .features import RESAMPLER, resample_poly
+
 FORMAT_VERSION = 1
-
-ESPEAK_INSTALL_HINT = (
-    "install it with `apt-get install -y espeak-ng` (Debian/Ubuntu; "
-    "`brew install espeak-ng` on macOS), set PROXOPT_ESPEAK to the binary, "
-    "or pass --data FILE.npz with your own corpus"
-)
-
-
-class CorpusFormatError(ValueError):
-    """A corpus file does not follow the documented ``.npz`` format."""
-
-
-class EspeakUnavailableError(RuntimeError):
-    """The espeak-ng binary is not installed or does not run."""
 
 
 # --------------------------------------------------------------------------
@@ -156,11 +139,6 @@ class Corpus:
             f"{len(self)} utterances ({kind}), {self.num_classes} classes "
             f"[{', '.join(f'{n}:{c}' for n, c in zip(self.label_names, counts))}], {n_groups} groups"
         )
-
-
-def format_error(path: str, msg: str) -> CorpusFormatError:
-    """The error for a problem ``msg`` in the corpus file ``path`` (named first)."""
-    return CorpusFormatError(f"{path}: {msg}")
 
 
 def _as_utterances(path: str, key: str, value: np.ndarray, ndim: int) -> list[np.ndarray]:
@@ -295,17 +273,7 @@ def validate_corpus(data: dict[str, Any], path: str = "<corpus>") -> Corpus:
 
 def load_corpus(path: str | os.PathLike) -> Corpus:
     """Load and validate an ``.npz`` corpus (see the module docstring)."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such corpus file")
-    try:
-        with np.load(path, allow_pickle=True) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # not a zip / not an npz / a broken pickle
-        if isinstance(e, (KeyboardInterrupt, MemoryError)):
-            raise
-        raise CorpusFormatError(f"{path}: not a readable .npz file ({e})") from e
-    return validate_corpus(data, path)
+    return validate_corpus(read_npz(path, allow_pickle=True), str(path))
 
 
 def _object_array(items: Sequence[np.ndarray]) -> np.ndarray:
@@ -343,23 +311,11 @@ def save_corpus(
     return write_npz(path, data)
 
 
-def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
-    """``numpy.savez`` to a temporary name beside ``path``, then a rename: a
-    crash never leaves a half-written corpus. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a shared cache from other users
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+def describe_split(groups: Any) -> str:
+    """How the held-out set was chosen, given the corpus's ``groups`` (None
+    when the file has none: every utterance is then its own group, i.e. a
+    plain random split, and speakers may appear on both sides)."""
+    return "random: the file has no groups" if groups is None else "by group (speaker-disjoint)"
 
 
 def split_by_group(
@@ -379,126 +335,6 @@ def split_by_group(
     test_groups = set(perm[:n_test].tolist())
     is_test = np.array([g in test_groups for g in groups])
     return np.nonzero(~is_test)[0], np.nonzero(is_test)[0]
-
-
-# --------------------------------------------------------------------------
-# Resampling
-# --------------------------------------------------------------------------
-
-# Part of the cache key: a corpus made with another resampler is another corpus.
-RESAMPLER = "scipy.signal.resample_poly"
-
-
-def resample_poly(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Resample a 1-D float waveform from ``orig_sr`` to ``target_sr``:
-    ``scipy.signal.resample_poly`` (polyphase FIR, Kaiser window) by the
-    reduced ratio, returned as float32."""
-    from math import gcd  # noqa: PLC0415
-
-    from scipy.signal import resample_poly as _resample_poly  # noqa: PLC0415
-
-    if orig_sr == target_sr:
-        return np.asarray(x, dtype=np.float32)
-    g = gcd(int(orig_sr), int(target_sr))
-    return _resample_poly(np.asarray(x, dtype=np.float64), int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
-
-
-# --------------------------------------------------------------------------
-# espeak-ng
-# --------------------------------------------------------------------------
-
-
-def espeak_binary() -> str | None:
-    """Path of the espeak-ng binary ($PROXOPT_ESPEAK, else ``espeak-ng`` on PATH)."""
-    env = os.environ.get("PROXOPT_ESPEAK")
-    if env:
-        return env if (os.path.exists(env) or shutil.which(env)) else None
-    return shutil.which("espeak-ng")
-
-
-def espeak_version() -> str:
-    exe = espeak_binary()
-    if exe is None:
-        raise EspeakUnavailableError(f"espeak-ng was not found: {ESPEAK_INSTALL_HINT}")
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=True)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise EspeakUnavailableError(f"espeak-ng at {exe} does not run ({e}): {ESPEAK_INSTALL_HINT}") from e
-    return out.stdout.strip().split(" Data at")[0]
-
-
-@functools.lru_cache(maxsize=4)
-def _espeak_variants(exe: str) -> frozenset[str]:
-    out = subprocess.run([exe, "--voices=variant"], capture_output=True, text=True, timeout=60)
-    names = set()
-    for line in out.stdout.splitlines()[1:]:
-        for field_ in line.split():
-            if field_.startswith("!v/"):
-                names.add(field_[3:])
-    return frozenset(names)
-
-
-def espeak_variants() -> frozenset[str]:
-    """The voice variants (``+m3``, ``+f2``, ``+klatt`` ...) this espeak-ng knows."""
-    exe = espeak_binary()
-    if exe is None:
-        raise EspeakUnavailableError(f"espeak-ng was not found: {ESPEAK_INSTALL_HINT}")
-    return _espeak_variants(exe)
-
-
-def espeak_available() -> bool:
-    """True when espeak-ng runs and can synthesize a word."""
-    try:
-        espeak_version()
-        wav, sr = espeak_synthesize("yes", "en")
-        return sr > 0 and len(wav) > 0
-    except (EspeakUnavailableError, RuntimeError):
-        return False
-
-
-def _parse_wav(data: bytes) -> tuple[np.ndarray, int]:
-    """A 16-bit PCM WAV from espeak-ng --stdout (whose size fields are
-    placeholders: soundfile reads to the end of the stream) as float32 in
-    [-1, 1) (int16 / 32768) and its sample rate; channels are averaged."""
-    import soundfile  # noqa: PLC0415
-
-    try:
-        wav, sr = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except (RuntimeError, soundfile.LibsndfileError) as e:
-        raise RuntimeError(f"espeak-ng did not write a readable WAV ({len(data)} bytes): {e}") from e
-    return wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0], int(sr)
-
-
-def espeak_synthesize(text: str, voice: str, rate: int = 175, pitch: int = 50) -> tuple[np.ndarray, int]:
-    """Speak ``text`` with espeak-ng; returns (float32 waveform, sample rate)."""
-    exe = espeak_binary()
-    if exe is None:
-        raise EspeakUnavailableError(f"espeak-ng was not found: {ESPEAK_INSTALL_HINT}")
-    cmd = [exe, "-v", voice, "-s", str(int(rate)), "-p", str(int(pitch)), "--stdout", text]
-    try:
-        res = subprocess.run(cmd, capture_output=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as e:
-        raise EspeakUnavailableError(f"espeak-ng failed to run ({e}): {ESPEAK_INSTALL_HINT}") from e
-    if res.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed for voice {voice!r}: {res.stderr.decode(errors='replace').strip()}")
-    wav, sr = _parse_wav(res.stdout)
-    if len(wav) == 0 or not np.any(wav):
-        raise RuntimeError(f"espeak-ng produced no audio for {text!r} with voice {voice!r} (unknown voice?)")
-    return wav, sr
-
-
-def espeak_synthesize_many(
-    calls: Sequence[tuple[str, str, int, int]], workers: int | None = None
-) -> list[tuple[np.ndarray, int]]:
-    """Run many ``(text, voice, rate, pitch)`` syntheses, ``workers`` espeak-ng
-    processes at a time (threads that each wait on one ``espeak-ng --stdout``
-    child; default one per core). Results in call order; each call is
-    deterministic, so the result does not depend on ``workers``."""
-    workers = max(1, min(workers or os.cpu_count() or 1, len(calls) or 1))
-    if workers == 1:
-        return [espeak_synthesize(*c) for c in calls]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda c: espeak_synthesize(*c), calls))
 
 
 # --------------------------------------------------------------------------
@@ -676,23 +512,6 @@ def _render(spec: SynthSpec, index: int, utt: _Utt, raw: tuple[np.ndarray, int] 
     return clip.astype(np.float32), meta
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("PROXOPT_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "proxopt"
-
-
-def spec_key(spec: SynthSpec) -> str:
-    """The cache key: the spec, the format version, espeak-ng's version and the resampler."""
-    blob = json.dumps(
-        {"spec": dataclasses.asdict(spec), "format": FORMAT_VERSION, "espeak": espeak_version(), "resampler": RESAMPLER},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def synthesize_corpus(
     spec: SynthSpec | None = None,
     out: str | os.PathLike | None = None,
@@ -711,62 +530,37 @@ def synthesize_corpus(
         raise ValueError("SynthSpec needs at least 2 classes")
     if len(spec.variants) < 2:
         raise ValueError("SynthSpec needs at least 2 speaker variants (the split holds speakers out)")
-    key = spec_key(spec)
+    # a corpus made with another resampler or espeak-ng is another corpus
+    key = spec_key(spec, format=FORMAT_VERSION, espeak=espeak_version(), resampler=RESAMPLER)
     known = espeak_variants()
     unknown = [v for v in spec.variants if v not in known]
     if unknown and known:  # espeak-ng would silently use the default voice
         raise ValueError(f"espeak-ng has no voice variant(s) {unknown}; known: {', '.join(sorted(known))}")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cached = cache / "speech" / f"kws-{key}.npz"
-    if use_cache and cached.exists():
-        try:
-            load_corpus(cached)
-        except CorpusFormatError:
-            cached.unlink()
-        else:
-            if verbose:
-                print(f"[data] cached corpus {cached}", file=sys.stderr)
-            if out is not None and Path(out).resolve() != cached.resolve():
-                Path(out).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(cached, out)
-                return Path(out)
-            return cached
+    log = (lambda s: print(s, file=sys.stderr)) if verbose else None
 
-    t0 = time.perf_counter()
-    plan = _plan(spec)
-    # one espeak-ng call per distinct (text, voice, rate, pitch)
-    calls = sorted({(u.text, u.voice, u.rate, u.pitch) for u in plan if u.text is not None})
-    workers = workers or os.cpu_count() or 1
-    raws = dict(zip(calls, espeak_synthesize_many(calls, workers)))
-    t1 = time.perf_counter()
-    audio, metas = [], []
-    for i, u in enumerate(plan):
-        raw = raws[(u.text, u.voice, u.rate, u.pitch)] if u.text is not None else None
-        clip, meta = _render(spec, i, u, raw)
-        audio.append(clip)
-        metas.append(meta)
-    t2 = time.perf_counter()
-    if verbose:
-        print(
-            f"[data] {len(plan)} utterances, {len(calls)} espeak-ng calls in {t1 - t0:.1f}s "
-            f"({workers} workers), resample + augment {t2 - t1:.1f}s",
-            file=sys.stderr,
+    def make(target: Path) -> Path:
+        t0 = time.perf_counter()
+        plan = _plan(spec)
+        # one espeak-ng call per distinct (text, voice, rate, pitch)
+        calls = sorted({(u.text, u.voice, u.rate, u.pitch) for u in plan if u.text is not None})
+        n_workers = workers or os.cpu_count() or 1
+        raws = dict(zip(calls, espeak_synthesize_many(calls, n_workers)))
+        t1 = time.perf_counter()
+        audio = [_render(spec, i, u, raws[(u.text, u.voice, u.rate, u.pitch)] if u.text is not None else None)[0] for i, u in enumerate(plan)]
+        if log:
+            log(f"[kws-corpus] {len(plan)} utterances, {len(calls)} espeak-ng calls in {t1 - t0:.1f}s "
+                f"({n_workers} workers), resample + augment {time.perf_counter() - t1:.1f}s")  # fmt: skip
+        return save_corpus(
+            target,
+            labels=[u.label for u in plan],
+            audio=audio,
+            sample_rate=spec.sample_rate,
+            groups=[u.group for u in plan],
+            label_names=spec.label_names,
+            group_names=list(spec.variants),
         )
-    target = cached if use_cache else Path(out if out is not None else cached)
-    save_corpus(
-        target,
-        labels=[u.label for u in plan],
-        audio=audio,
-        sample_rate=spec.sample_rate,
-        groups=[u.group for u in plan],
-        label_names=spec.label_names,
-        group_names=list(spec.variants),
-    )
-    if out is not None and Path(out).resolve() != target.resolve():
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(target, out)
-        return Path(out)
-    return target
+
+    return cached_corpus("kws", key, make, load_corpus, CorpusFormatError, out, cache_dir=cache_dir, use_cache=use_cache, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,7 +37,7 @@ from . import data as D
 from .features import LogMel, compute_features
 from .models import count_params, denoiser, denoiser_context
 from .runs import Task
-from .sweep import add_args, run_command
+from .sweep_command import add_args, load_corpus, run_command
 
 DEFAULTS = dict(lr=3e-3, weight_decay=1e-2, l1=1e-4, group_lasso=0.1, epochs=20, batch_size=32, out="runs/denoise")
 
@@ -57,19 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_clean(args, log) -> D.Corpus:
-    if args.data:
-        corpus = D.load_corpus(args.data)
-        if corpus.audio is None:
-            raise D.CorpusFormatError(f"{args.data}: the denoising pipeline needs clean 'audio' (+ 'sample_rate'), not only 'features'")
-    else:
-        spec = D.SynthSpec(seed=args.seed, noise=False, silence=False, reps=2)
-        if args.tiny_corpus:
-            spec = spec.with_(keywords=D.DEFAULT_KEYWORDS[:4], unknown_words=(), variants=D.DEFAULT_VARIANTS[:8])
-        t0 = time.perf_counter()
-        path = D.synthesize_corpus(spec, cache_dir=args.cache, verbose=not args.quiet)
-        corpus = D.load_corpus(path)
-        log(f"[denoise] clean corpus {path} ({time.perf_counter() - t0:.1f}s)")
-    log(f"[denoise] {corpus.summary()}")
+    corpus = load_corpus(args, D.SynthSpec(seed=args.seed, noise=False, silence=False, reps=2), "denoise", log)
+    if corpus.audio is None:
+        raise D.CorpusFormatError(f"{args.data}: the denoising pipeline needs clean 'audio' (+ 'sample_rate'), not only 'features'")
     return corpus
 
 

@@ -1,4 +1,4 @@
-"""Speech front ends in plain PyTorch: log-mel and MFCC features from
+"""Speech front ends in plain PyTorch: resampling, log-mel and MFCC features from
 ``torch.stft``, per-utterance normalization and SpecAugment masking.
 
 Everything runs batched on the tensor's device (``[batch, samples]`` in,
@@ -16,6 +16,28 @@ import math
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+# --------------------------------------------------------------------------
+# Resampling
+# --------------------------------------------------------------------------
+
+# Part of the cache key: a corpus made with another resampler is another corpus.
+RESAMPLER = "scipy.signal.resample_poly"
+
+
+def resample_poly(x: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample a 1-D float waveform from ``orig_sr`` to ``target_sr``:
+    ``scipy.signal.resample_poly`` (polyphase FIR, Kaiser window) by the
+    reduced ratio, returned as float32."""
+    from math import gcd  # noqa: PLC0415
+
+    from scipy.signal import resample_poly as _resample_poly  # noqa: PLC0415
+
+    if orig_sr == target_sr:
+        return np.asarray(x, dtype=np.float32)
+    g = gcd(int(orig_sr), int(target_sr))
+    return _resample_poly(np.asarray(x, dtype=np.float64), int(target_sr) // g, int(orig_sr) // g).astype(np.float32)
+
 
 # --------------------------------------------------------------------------
 # Mel filterbank

@@ -59,7 +59,8 @@ from . import data as D
 from .features import SpecAugment, compute_features, make_frontend, pad_features
 from .models import count_params, kws_cnn, min_frames
 from .runs import Task
-from .sweep import add_args, run_command, run_tag
+from .sweep_command import add_args, load_corpus, run_command
+from .sweep_report import run_tag
 
 DEFAULTS = dict(lr=3e-3, weight_decay=1e-2, l1=1e-3, group_lasso=0.22, epochs=25, batch_size=64, out="runs/kws")
 
@@ -83,18 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_data(args, log) -> D.Corpus:
-    if args.data:
-        corpus = D.load_corpus(args.data)
-    else:
-        spec = D.SynthSpec(seed=args.seed)
-        if args.tiny_corpus:
-            spec = spec.with_(keywords=D.DEFAULT_KEYWORDS[:4], unknown_words=(), silence=False, variants=D.DEFAULT_VARIANTS[:8])
-        t0 = time.perf_counter()
-        path = D.synthesize_corpus(spec, cache_dir=args.cache, verbose=not args.quiet)
-        corpus = D.load_corpus(path)
-        log(f"[kws] corpus {path} ({time.perf_counter() - t0:.1f}s)")
-    log(f"[kws] {corpus.summary()}")
-    return corpus
+    return load_corpus(args, D.SynthSpec(seed=args.seed), "kws", log)
 
 
 def featurize(corpus: D.Corpus, args) -> torch.Tensor:

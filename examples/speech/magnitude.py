@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import prune
 
+import proxopt
 from proxopt.schedules import cubic_ramp
 
 __all__ = [
@@ -181,7 +182,8 @@ class GlobalMagnitudePruning(_GradualPruning):
 
     def masked(self) -> int:
         """Entries the masks zero now."""
-        return sum(int((getattr(m, self.name + "_mask") == 0).sum()) for m in self.layers if self._pruned(m))
+        masks = {str(i): getattr(m, self.name + "_mask") for i, m in enumerate(self.layers) if self._pruned(m)}
+        return proxopt.sparsity(masks).zeros
 
     def target_count(self, fraction: float) -> int:
         return round(fraction * self.numel)
@@ -207,8 +209,8 @@ class ChannelMagnitudePruning(_GradualPruning):
     def masked_channels(self, m: nn.Module) -> int:
         if not self._pruned(m):
             return 0
-        mask = getattr(m, self.name + "_mask")
-        return int((mask.reshape(mask.shape[0], -1) == 0).all(dim=1).sum())
+        (mask,) = proxopt.sparsity({"mask": getattr(m, self.name + "_mask")}, dims=(0,)).params
+        return mask.zero_groups[0][0]
 
     @staticmethod
     def target_count(fraction: float, channels: int) -> int:

@@ -55,28 +55,23 @@ steps), which is the controller's ``by_step``; every method then trains the
 remaining 30 % at its target.
 
 A run is a :class:`RunSpec` (its name, its label, the kind of target it
-takes) whose ``build`` gives a :class:`Regime`: the optimizer, the tensors it
-regularizes, and three hooks the one training loop calls — a loss term, an
+takes) whose ``build`` gives a :class:`examples.speech.training.Regime`: the
+optimizer, the tensors it regularizes, and the hooks the one training loop
+(:func:`examples.speech.training.fit`) calls — a loss term, an
 ``after_step`` (pruning events, the controller) and a ``finish`` (masks made
-permanent). Per run this module measures the optimizer step
-(``opt.step()`` alone, ``time.perf_counter`` around it), forward+backward
-(including the loss penalty of ``l1-loss``), the hooks and the whole
-training time; counts exact zeros and all-zero output channels; prunes the
-zero channels with :func:`proxopt.pruning.prune_zero_channels` and times CPU
-inference before and after. The sweep over targets and seeds, its reports
-and the command-line flow are in :mod:`examples.speech.sweep`.
+permanent). :func:`train_run` trains one, counts exact zeros and all-zero
+output channels (:mod:`examples.speech.zeros`), prunes the zero channels with
+:func:`proxopt.pruning.prune_zero_channels` and times CPU inference before
+and after. The sweep over targets and seeds, its reports and the
+command-line flow are in :mod:`examples.speech.sweep`, :mod:`examples.speech.sweep_report`
+and :mod:`examples.speech.sweep_command`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import statistics
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -85,16 +80,14 @@ import proxopt
 from proxopt.penalties import l1_penalty
 from proxopt.pruning import prune_zero_channels
 
-from .magnitude import ChannelMagnitudePruning, CubicSchedule, GlobalMagnitudePruning, check_fraction, effective_weight
-
-OPTIMIZERS = {
-    # name: (torch class, proxopt class, extra kwargs)
-    "adamw": (torch.optim.AdamW, "AdamW", {}),
-    "adam": (torch.optim.Adam, "Adam", {}),
-    "sgd": (torch.optim.SGD, "SGD", {"momentum": 0.9}),
-}
-_REG_KEYS = ("l1", "l2", "l0", "bounds", "prox_metric", "group_lasso", "group_dim", "max_norm", "max_norm_dim")
-_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+from . import cli
+from .inference import compare_inference
+from .layers import channel_layers, effective_param, output_layer, regularized_layers
+from .magnitude import ChannelMagnitudePruning, CubicSchedule, GlobalMagnitudePruning, check_fraction
+from .optimizers import OPTIMIZERS, torch_groups
+from .results import RunResult, run_result
+from .training import Regime, Step, fit
+from .zeros import ZeroCounts, count_zeros
 
 # what a target is a fraction of (see the module docstring)
 ZEROS = "zeros"  # exact-zero entries of the regularized weights
@@ -136,129 +129,37 @@ class Task:
     bench_input: Tensor  # a batch for inference timing
     augment: Callable[[Tensor, torch.Generator], Tensor] | None = None
 
+    # what examples.speech.training.fit asks of a task
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return max(1, math.ceil(len(self.train_x) / batch_size))
 
-def describe_split(groups: Any) -> str:
-    """How the held-out set was chosen, given the corpus's ``groups`` (None
-    when the file has none: every utterance is then its own group, i.e. a
-    plain random split, and speakers may appear on both sides)."""
-    return "random: the file has no groups" if groups is None else "by group (speaker-disjoint)"
+    def batches(self, batch_size: int, order: torch.Generator, augment: torch.Generator):
+        perm = torch.randperm(len(self.train_x), generator=order)
+        for b in range(self.steps_per_epoch(batch_size)):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            x = self.train_x[idx]
+            yield (self.augment(x, augment) if self.augment is not None else x), self.train_y[idx]
 
+    def step(self, model: nn.Module, batch) -> Step:
+        x, y = batch
+        return Step(self.loss(model(x), y), weight=len(x))
 
-@dataclass
-class RunResult:
-    run: str
-    label: str
-    target: float | None  # the fraction asked for (None: fixed λ)
-    seed: int
-    metrics: dict[str, float]
-    history: list[dict[str, float]]
-    params: int
-    zeros: int
-    zero_fraction: float  # over every parameter
-    weight_zero_fraction: float  # over the regularized weights: what a ZEROS target measures
-    zero_channels: int  # of the non-output layers: what a CHANNELS target measures
-    channels: int
-    step_time_s: float  # sum over all opt.step() calls
-    steps: int
-    fwd_bwd_time_s: float
-    hook_time_s: float  # after_step hooks: pruning events, the controller
-    train_time_s: float
-    pruned_params: int
-    pruned_max_abs_diff: float
-    infer_ms: dict[str, float]  # batch latency before / after pruning
-    control: dict = field(default_factory=dict)  # what the controller / the pruner did
-    sparsity: dict = field(default_factory=dict)
-    pruning: dict = field(default_factory=dict)
-    model: nn.Module | None = None
-    pruned_model: nn.Module | None = None
-
-    @property
-    def step_ms(self) -> float:
-        return 1e3 * self.step_time_s / max(1, self.steps)
-
-    @property
-    def channel_fraction(self) -> float:
-        return self.zero_channels / self.channels if self.channels else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k not in ("model", "pruned_model")}
-        d["step_ms"] = self.step_ms
-        d["channel_fraction"] = self.channel_fraction
-        return d
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        c = counts(model)
+        return {**self.evaluate(model), "weight_zero_fraction": c.weight_zero_fraction, "channel_fraction": c.channel_fraction}
 
 
-# --------------------------------------------------------------------------
-# Which tensors, which channels
-# --------------------------------------------------------------------------
-
-
-def _output_layer(model: nn.Module) -> nn.Module | None:
-    last = None
-    for m in model.modules():
-        if isinstance(m, _LAYERS):
-            last = m
-    return last
-
-
-def regularized_layers(model: nn.Module) -> list[nn.Module]:
-    """The Conv/Linear layers whose weights every run regularizes: those
-    :func:`proxopt.param_groups` puts in its regularized group."""
-    chosen = {id(p) for p in proxopt.param_groups(model, weight_decay=1.0)[0]["params"]}
-    return [m for m in model.modules() if isinstance(m, _LAYERS) and id(effective_param(m)) in chosen]
-
-
-def channel_layers(model: nn.Module) -> list[nn.Module]:
-    """The layers whose output channels may be removed: the regularized ones
-    but the output layer (its rows are the classes / output features)."""
-    out = _output_layer(model)
-    return [m for m in regularized_layers(model) if m is not out]
-
-
-def effective_param(m: nn.Module) -> Tensor:
-    """The weight parameter object (``weight_orig`` under torch's pruning)."""
-    return getattr(m, "weight_orig", None) if hasattr(m, "weight_mask") else m.weight
-
-
-def count_zeros(model: nn.Module) -> dict[str, int]:
+def counts(model: nn.Module) -> ZeroCounts:
     """Exact zeros of the regularized weights and all-zero channels of the
-    channel layers, as the forward pass sees them (masks applied)."""
-    zeros = numel = zero_ch = ch = 0
-    with torch.no_grad():
-        for m in regularized_layers(model):
-            w = effective_weight(m)
-            zeros += int((w == 0).sum())
-            numel += w.numel()
-        for m in channel_layers(model):
-            w = effective_weight(m)
-            zero_ch += int((w.reshape(w.shape[0], -1) == 0).all(dim=1).sum())
-            ch += w.shape[0]
-    return {"zeros": zeros, "numel": numel, "zero_channels": zero_ch, "channels": ch}
-
-
-def measured_fraction(kind: str, counts: dict[str, int]) -> float:
-    """The fraction a target of ``kind`` is compared with."""
-    if kind == ZEROS:
-        return counts["zeros"] / max(1, counts["numel"])
-    if kind == CHANNELS:
-        return counts["zero_channels"] / max(1, counts["channels"])
-    raise ValueError(f"Invalid kind value: {kind!r} (one of {tuple(TARGET_UNITS)})")
+    channel layers, as the forward pass sees them (masks applied): what
+    targets, controllers and pruners measure."""
+    weights = [effective_param(m) for m in regularized_layers(model)]
+    return count_zeros(model, weights, [effective_param(m) for m in channel_layers(model)])
 
 
 # --------------------------------------------------------------------------
 # Runs: optimizer plus hooks
 # --------------------------------------------------------------------------
-
-
-@dataclass
-class Regime:
-    """How one run regularizes: the optimizer, the tensors it regularizes,
-    and what the training loop calls besides ``opt.step()``."""
-
-    optimizer: torch.optim.Optimizer
-    regularized: list[Tensor]
-    loss_term: Callable[[], Tensor] | None = None  # added to the loss (l1-loss)
-    after_step: Callable[[int], None] | None = None  # after optimizer step t (1-based) and the lr step
-    finish: Callable[[], dict] | None = None  # after the last step; returns what it did (JSON-able)
 
 
 @dataclass(frozen=True)
@@ -285,8 +186,7 @@ def pruning_schedule(cfg: TrainConfig, budget: Budget) -> CubicSchedule:
 
 def _torch_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, list[Tensor]]:
     torch_cls, _, extra = OPTIMIZERS[cfg.optimizer]
-    groups = proxopt.param_groups(model, weight_decay=cfg.weight_decay)
-    groups = [{k: v for k, v in g.items() if k not in _REG_KEYS} for g in groups]
+    groups = torch_groups(proxopt.param_groups(model, weight_decay=cfg.weight_decay), torch_cls)
     return torch_cls(groups, lr=cfg.lr, **extra), list(groups[0]["params"])
 
 
@@ -360,7 +260,7 @@ def _build_dense(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
 def _build_l1_loss(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
     opt, regularized = _torch_optimizer(model, cfg)
     lam = cfg.l1 if cfg.l1_loss is None else cfg.l1_loss
-    return Regime(opt, regularized, loss_term=lambda: l1_penalty(regularized, lam))
+    return Regime(opt, regularized, loss_term=lambda out: l1_penalty(regularized, lam))
 
 
 def _build_prox_l1(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
@@ -376,7 +276,7 @@ def _build_prox_group(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Reg
     _, _, extra = OPTIMIZERS[cfg.optimizer]
     groups = proxopt.param_groups(model, weight_decay=cfg.weight_decay, group_lasso=cfg.group_lasso, names=True)
     regularized = list(groups[0]["params"])
-    out = _output_layer(model)
+    out = output_layer(model)
     if cfg.output_group_dim is not None and out is not None and any(p is out.weight for p in regularized):
         # the output layer's rows are the classes / output features: never
         # zero them; its input columns (the last hidden units) are grouped
@@ -434,14 +334,7 @@ _ALIASES = {"penalty": "l1-loss", "l1": "prox-l1", "group": "prox-group", "group
 
 
 def parse_runs(text: str) -> list[str]:
-    runs = [r.strip() for r in text.split(",") if r.strip()]
-    runs = [_ALIASES.get(r, r) for r in runs]
-    bad = [r for r in runs if r not in RUNS]
-    if bad or not runs:
-        raise ValueError(f"Invalid --runs value: unknown run(s) {bad}: choose from {', '.join(RUN_NAMES)}")
-    if len(set(runs)) != len(runs):
-        raise ValueError(f"Invalid --runs value: {text!r} lists a run twice")
-    return runs
+    return cli.parse_runs(text, RUN_NAMES, aliases=_ALIASES)
 
 
 def run_label(run: str, optimizer: str, prox_metric: str = "euclidean", target: float | None = None) -> str:
@@ -454,60 +347,9 @@ def run_label(run: str, optimizer: str, prox_metric: str = "euclidean", target: 
     return label
 
 
-def lr_schedule(opt: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup over the first ``warmup`` fraction of ``total`` steps, then cosine decay to 0 (every run of every recipe)."""
-    w = max(1, int(round(warmup * total)))
-
-    def factor(step: int) -> float:
-        if step < w:
-            return (step + 1) / w
-        t = (step - w) / max(1, total - w)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
-
-
 # --------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------
-
-
-def text_table(rows: Sequence[Sequence[str]]) -> str:
-    """Rows of cells (the first is the header) as aligned text columns, a rule under the header."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "-|-".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def pyplot():
-    """matplotlib's pyplot on the Agg backend (files only), or None when matplotlib is missing."""
-    try:
-        import matplotlib  # noqa: PLC0415
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
-    except ImportError:
-        return None
-    return plt
-
-
-@torch.inference_mode()
-def compare_inference(a: nn.Module, b: nn.Module, x: Tensor, reps: int = 30, warmup: int = 3) -> tuple[float, float]:
-    """Median milliseconds of ``a(x)`` and ``b(x)``, measured alternately so
-    that load changes on the machine hit both alike."""
-    a.eval()
-    b.eval()
-    for _ in range(warmup):
-        a(x)
-        b(x)
-    ta, tb = [], []
-    for _ in range(reps):
-        for m, acc in ((a, ta), (b, tb)):
-            t0 = time.perf_counter()
-            m(x)
-            acc.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
 
 
 def resolve_target(run: str, target: float | None) -> float | None:
@@ -527,65 +369,13 @@ def train_run(run: str, task: Task, cfg: TrainConfig, target: float | None = Non
     if run not in RUNS:
         raise ValueError(f"Invalid run value: {run!r} (choose from {', '.join(RUN_NAMES)})")
     target = resolve_target(run, target)
-    log = cfg.log or (lambda s: None)
-    torch.manual_seed(cfg.seed)
-    model = task.make_model()
-    n = len(task.train_x)
-    steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
-    total_steps = cfg.epochs * steps_per_epoch
-    regime = RUNS[run].build(model, cfg, Budget(target, total_steps))
-    opt = regime.optimizer
-    sched = lr_schedule(opt, total_steps, cfg.warmup)
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    torch.manual_seed(cfg.seed + 2)  # dropout
-    step_time = fwd_bwd_time = hook_time = 0.0
-    steps = 0
-    history = []
-    t_start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        perm = torch.randperm(n, generator=order_gen)
-        total_loss = 0.0
-        for b in range(steps_per_epoch):
-            idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = task.train_x[idx], task.train_y[idx]
-            if task.augment is not None:
-                x = task.augment(x, aug_gen)
-            t0 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            loss = task.loss(model(x), y)
-            total = loss + regime.loss_term() if regime.loss_term is not None else loss
-            total.backward()
-            t1 = time.perf_counter()
-            opt.step()
-            t2 = time.perf_counter()
-            sched.step()
-            steps += 1
-            t3 = time.perf_counter()
-            if regime.after_step is not None:
-                regime.after_step(steps)
-            fwd_bwd_time += t1 - t0
-            step_time += t2 - t1
-            hook_time += time.perf_counter() - t3
-            total_loss += loss.item() * len(idx)
-        model.eval()
-        metrics = task.evaluate(model)
-        c = count_zeros(model)
-        zeros, chans = measured_fraction(ZEROS, c), measured_fraction(CHANNELS, c)
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / n, **metrics, "weight_zero_fraction": zeros, "channel_fraction": chans})
-        log(
-            f"  [{run}] epoch {epoch + 1:2d}/{cfg.epochs}  train loss {total_loss / n:.4f}  "
-            + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            + f"  zeros {zeros:.1%}  channels {chans:.1%}"
-        )
-    control = regime.finish() if regime.finish is not None else {}
-    train_time = time.perf_counter() - t_start
-    model.eval()
-    metrics = task.evaluate(model)
-    sp = proxopt.sparsity(model)
-    c = count_zeros(model)
 
+    def build(model: nn.Module, total_steps: int) -> Regime:
+        return RUNS[run].build(model, cfg, Budget(target, total_steps))
+
+    t = fit(task, build, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, warmup=cfg.warmup, tag=run, log=cfg.log)
+    model = t.model
+    metrics = task.evaluate(model)
     pruned, prep = prune_zero_channels(model, report=True)
     pruned.eval()
     with torch.inference_mode():
@@ -599,151 +389,6 @@ def train_run(run: str, task: Task, cfg: TrainConfig, target: float | None = Non
         "before_1_ms": before_1,
         "after_1_ms": after_1,
     }
-    return RunResult(
-        run=run,
-        label=run_label(run, cfg.optimizer, cfg.prox_metric, target),
-        target=target,
-        seed=cfg.seed,
-        metrics=metrics,
-        history=history,
-        params=sp.numel,
-        zeros=sp.zeros,
-        zero_fraction=sp.fraction,
-        weight_zero_fraction=measured_fraction(ZEROS, c),
-        zero_channels=c["zero_channels"],
-        channels=c["channels"],
-        step_time_s=step_time,
-        steps=steps,
-        fwd_bwd_time_s=fwd_bwd_time,
-        hook_time_s=hook_time,
-        train_time_s=train_time,
-        pruned_params=prep.params_after,
-        pruned_max_abs_diff=diff,
-        infer_ms=infer,
-        control=control,
-        sparsity=sp.to_dict(),
-        pruning=prep.to_dict(),
-        model=model,
-        pruned_model=pruned,
-    )
-
-
-# --------------------------------------------------------------------------
-# Command lines
-# --------------------------------------------------------------------------
-
-
-def _window(text: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"Invalid --prune-window value: {text!r} (two fractions START,END)") from None
-    if not (0.0 <= lo < hi <= 1.0):
-        raise ValueError(f"Invalid --prune-window value: {text!r} (0 <= START < END <= 1)")
-    return lo, hi
-
-
-def add_common_args(p, defaults: dict[str, Any]) -> None:
-    """The options both pipelines share (runs, schedule, output); the sweep's
-    own (``--sparsity``, ``--channel-sparsity``, ``--seeds``) are added by
-    :func:`examples.speech.sweep.add_args`."""
-    p.add_argument("--data", help="corpus .npz (default: synthesize the espeak-ng corpus, cached)")
-    p.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="adamw", help="optimizer family of every run (default adamw)")
-    p.add_argument("--lr", type=float, default=defaults["lr"], help="peak learning rate (linear warmup, cosine decay)")
-    p.add_argument("--weight-decay", type=float, default=defaults["weight_decay"], help="on Conv/Linear weights, every run")
-    p.add_argument("--l1", type=float, default=defaults["l1"], help="λ of the l1-loss and prox-l1 runs (with --sparsity: the controller's start)")
-    p.add_argument("--l1-loss", type=float, help="λ of the l1-loss run only (default: --l1)")
-    p.add_argument(
-        "--prox-metric",
-        choices=("adaptive", "euclidean"),
-        default="adaptive",
-        help="prox_metric of the prox-l1 run; 'adaptive' (default) scales the threshold by Adam's 1/sqrt(v) like the "
-        "gradient of a loss penalty, so the same λ means the same thing in l1-loss and prox-l1 (SGD: euclidean)",
-    )
-    p.add_argument("--group-lasso", type=float, default=defaults["group_lasso"], help="λ of the prox-group run (with --channel-sparsity: the controller's start)")
-    p.add_argument("--epochs", type=int, default=defaults["epochs"])
-    p.add_argument("--batch-size", type=int, default=defaults["batch_size"])
-    p.add_argument("--seed", type=int, default=0, help="data seed (split, noise, corpus) and the training seed unless --seeds")
-    p.add_argument("--out", default=defaults["out"], help="output directory (default %(default)s)")
-    p.add_argument(
-        "--runs",
-        help=f"comma list of {', '.join(RUN_NAMES)} (default without a sweep: {','.join(DEFAULT_RUNS)}; "
-        "magnitude runs then prune to " + ", ".join(f"{s.default_target:g} {TARGET_UNITS[s.kind]}" for s in RUNS.values() if s.default_target is not None)
-        + "; with --sparsity/--channel-sparsity: dense and the runs that take those targets)",
-    )
-    p.add_argument(
-        "--prune-window",
-        type=as_argparse(_window),
-        default=(0.1, 0.7),
-        help="START,END fractions of the steps over which magnitude pruning ramps to its target; END is also the "
-        "controller's by_step (default 0.1,0.7)",
-    )
-    p.add_argument("--prune-every", type=int, default=0, help="steps between magnitude pruning events (default 0: ~20 events)")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of speakers (groups) held out")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (default 1: on a small machine shared with other work, more threads oversubscribe; "
-        "0 keeps torch's default)",
-    )
-    p.add_argument("--cache", help="corpus cache directory (default $PROXOPT_CACHE or ~/.cache/proxopt)")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-
-
-def as_argparse(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """``parse`` for argparse: its ValueError message becomes the usage error."""
-    import argparse  # noqa: PLC0415
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    convert.__name__ = parse.__name__.lstrip("_")
-    return convert
-
-
-def config_from_args(args, log) -> TrainConfig:
-    metric = args.prox_metric
-    if args.optimizer == "sgd" and metric == "adaptive":
-        metric = "euclidean"  # SGD has no preconditioner
-    if args.prune_every < 0:
-        raise ValueError(f"Invalid --prune-every value: {args.prune_every} (steps, >= 0)")
-    return TrainConfig(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        l1=args.l1,
-        l1_loss=args.l1_loss,
-        prox_metric=metric,
-        group_lasso=args.group_lasso,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        prune_window=tuple(args.prune_window),
-        prune_every=args.prune_every,
-        log=log,
-    )
-
-
-# --------------------------------------------------------------------------
-# Environment
-# --------------------------------------------------------------------------
-
-
-def environment() -> dict[str, Any]:
-    try:
-        backend = proxopt.backend_info()
-    except Exception as e:  # pragma: no cover
-        backend = {"error": str(e)}
-    return {
-        "torch": torch.__version__,
-        "proxopt": getattr(proxopt, "__version__", "?"),
-        "backend": backend,
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-    }
+    label = run_label(run, cfg.optimizer, cfg.prox_metric, target)
+    return run_result(run, label, t, counts(model), pruned, metrics=metrics, target=target, seed=cfg.seed,
+                      pruned_max_abs_diff=diff, infer_ms=infer, pruning=prep.to_dict())  # fmt: skip

@@ -56,7 +56,7 @@ file without ``held_out_*`` gets them from :meth:`TTSCorpus.with_held_out`
 Bring your own aligned data (e.g. phone durations from the Montreal Forced
 Aligner, converted to frames of your hop) with :func:`save_tts_corpus`, which
 takes per-utterance lists; :func:`load_tts_corpus` validates a file and raises
-:class:`examples.speech.data.CorpusFormatError` naming the file and the
+:class:`examples.speech.corpus_files.CorpusFormatError` naming the file and the
 problem (a missing key, durations that do not sum to the frame count, a
 phoneme id out of range, NaN/Inf in the mels, ...).
 
@@ -70,7 +70,7 @@ has each spoken by espeak-ng voices ``<accent>+<variant>``
 sentences), with a per-utterance speaking rate and pitch drawn from the seed
 (the pitch is what the model's prosody latent can learn: phonemes and
 speaker do not predict it). espeak-ng runs in this process through its C
-library ``libespeak-ng.so.1`` (:class:`Espeak`, ``ctypes``), initialised with
+library ``libespeak-ng.so.1`` (:class:`examples.speech.espeak.Espeak`, ``ctypes``), initialised with
 ``espeakINITIALIZE_PHONEME_EVENTS``: the synth callback receives the audio
 and a phoneme event per phoneme, carrying the phoneme's mnemonic and the
 sample where it starts. Those sample positions become frame counts
@@ -79,7 +79,7 @@ sample where it starts. Those sample positions become frame counts
 the last to the end of the audio), so the counts sum exactly to the number of
 frames. The durations are espeak-ng's own, not a learned aligner's.
 
-The result is cached under :func:`examples.speech.data.default_cache_dir`
+The result is cached under :func:`examples.speech.corpus_cache.default_cache_dir`
 (``speech/tts-<key>.npz``), keyed by a hash of the spec, libespeak-ng's
 version and :data:`FORMAT_VERSION`, and written atomically. Command line::
 
@@ -90,24 +90,21 @@ version and :data:`FORMAT_VERSION`, and written atomically. Command line::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
-import functools
-import hashlib
-import json
 import os
-import pickle
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import data as D
+from . import corpus_files as F
+from .corpus_cache import cached_corpus, default_cache_dir, spec_key
+from .espeak import Espeak, EspeakUnavailableError, espeak_library
+from .features import resample_poly
 
 FORMAT_VERSION = 1
 
@@ -259,49 +256,49 @@ class TTSCorpus:
 def _ints(path: str, data: dict, key: str, ndim: int = 1) -> np.ndarray:
     a = np.asarray(data[key])
     if a.ndim != ndim:
-        raise D.format_error(path, f"'{key}' must be {ndim}-D, got shape {a.shape}")
+        raise F.format_error(path, f"'{key}' must be {ndim}-D, got shape {a.shape}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
-        raise D.format_error(path, f"'{key}' must be integers (int64), got dtype {a.dtype}")
+        raise F.format_error(path, f"'{key}' must be integers (int64), got dtype {a.dtype}")
     return a.astype(np.int64)
 
 
 def _strings(path: str, data: dict, key: str) -> list[str]:
     a = np.asarray(data[key])
     if a.ndim != 1 or not (a.dtype.kind in "US"):
-        raise D.format_error(path, f"'{key}' must be a 1-D array of strings, got dtype {a.dtype} and shape {a.shape}")
+        raise F.format_error(path, f"'{key}' must be a 1-D array of strings, got dtype {a.dtype} and shape {a.shape}")
     return [str(x) for x in a]
 
 
 def _scalar(path: str, data: dict, key: str) -> float:
     a = np.asarray(data[key])
     if a.size != 1 or a.dtype.kind not in "iuf":
-        raise D.format_error(path, f"'{key}' must be one number, got {a!r}")
+        raise F.format_error(path, f"'{key}' must be one number, got {a!r}")
     return float(a.reshape(()))
 
 
 def _ids_in_range(path: str, key: str, ids: np.ndarray, n: int, what: str) -> None:
     if ids.size and (ids.min() < 0 or ids.max() >= n):
         bad = int(ids[(ids < 0) | (ids >= n)][0])
-        raise D.format_error(path, f"'{key}' has id {bad} out of range: {what} has {n} entries (ids 0..{n - 1})")
+        raise F.format_error(path, f"'{key}' has id {bad} out of range: {what} has {n} entries (ids 0..{n - 1})")
 
 
 def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorpus:
     """Check a dict of arrays against the documented format; return a :class:`TTSCorpus`.
 
-    Raises :class:`examples.speech.data.CorpusFormatError` naming the first problem."""
+    Raises :class:`examples.speech.corpus_files.CorpusFormatError` naming the first problem."""
     for key in sorted(data):
         if key not in KEYS:
-            raise D.format_error(path, f"unknown key '{key}'; the format's keys are {', '.join(KEYS)}")
+            raise F.format_error(path, f"unknown key '{key}'; the format's keys are {', '.join(KEYS)}")
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
-        raise D.format_error(path, f"missing key '{missing[0]}' (missing: {', '.join(missing)})")
+        raise F.format_error(path, f"missing key '{missing[0]}' (missing: {', '.join(missing)})")
 
     mel = MelConfig(
         **{field: (int if field not in ("fmin", "fmax", "floor") else float)(_scalar(path, data, key)) for key, field in _MEL_KEYS.items()},
         n_mels=int(np.asarray(data["mels"]).shape[-1]) if np.asarray(data["mels"]).ndim == 2 else 1,
     )
     if (why := mel.problem()) is not None:
-        raise D.format_error(path, f"mel parameters: {why}")
+        raise F.format_error(path, f"mel parameters: {why}")
 
     ids = _ints(path, data, "phoneme_ids")
     offsets = _ints(path, data, "phoneme_offsets")
@@ -309,35 +306,35 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
     num_frames = _ints(path, data, "num_frames")
     n = len(offsets) - 1
     if n < 1:
-        raise D.format_error(path, f"'phoneme_offsets' must have N + 1 >= 2 entries, got {len(offsets)}")
+        raise F.format_error(path, f"'phoneme_offsets' must have N + 1 >= 2 entries, got {len(offsets)}")
     if offsets[0] != 0 or offsets[-1] != len(ids):
-        raise D.format_error(path, f"'phoneme_offsets' must start at 0 and end at len(phoneme_ids) = {len(ids)}, got {offsets[0]} .. {offsets[-1]}")
+        raise F.format_error(path, f"'phoneme_offsets' must start at 0 and end at len(phoneme_ids) = {len(ids)}, got {offsets[0]} .. {offsets[-1]}")
     counts = np.diff(offsets)
     if (counts <= 0).any():
         i = int(np.nonzero(counts <= 0)[0][0])
-        raise D.format_error(path, f"utterance {i} has {counts[i]} phonemes ('phoneme_offsets' must increase)")
+        raise F.format_error(path, f"utterance {i} has {counts[i]} phonemes ('phoneme_offsets' must increase)")
     if len(durations) != len(ids):
-        raise D.format_error(path, f"'durations' has {len(durations)} entries but 'phoneme_ids' has {len(ids)}")
+        raise F.format_error(path, f"'durations' has {len(durations)} entries but 'phoneme_ids' has {len(ids)}")
     if durations.size and durations.min() < 0:
-        raise D.format_error(path, f"'durations' has a negative frame count {int(durations.min())}")
+        raise F.format_error(path, f"'durations' has a negative frame count {int(durations.min())}")
     if len(num_frames) != n:
-        raise D.format_error(path, f"'num_frames' has {len(num_frames)} entries but there are {n} utterances")
+        raise F.format_error(path, f"'num_frames' has {len(num_frames)} entries but there are {n} utterances")
     if (num_frames <= 0).any():
-        raise D.format_error(path, f"utterance {int(np.nonzero(num_frames <= 0)[0][0])} has no frames")
+        raise F.format_error(path, f"utterance {int(np.nonzero(num_frames <= 0)[0][0])} has no frames")
     sums = np.add.reduceat(durations, offsets[:-1])
     if (sums != num_frames).any():
         i = int(np.nonzero(sums != num_frames)[0][0])
-        raise D.format_error(path, f"utterance {i}: its durations sum to {int(sums[i])} frames but 'num_frames' says {int(num_frames[i])}")
+        raise F.format_error(path, f"utterance {i}: its durations sum to {int(sums[i])} frames but 'num_frames' says {int(num_frames[i])}")
 
     mels = np.asarray(data["mels"])
     if mels.ndim != 2 or not np.issubdtype(mels.dtype, np.floating):
-        raise D.format_error(path, f"'mels' must be a float32 [frames, n_mels] array, got dtype {mels.dtype} and shape {mels.shape}")
+        raise F.format_error(path, f"'mels' must be a float32 [frames, n_mels] array, got dtype {mels.dtype} and shape {mels.shape}")
     if mels.shape[0] != int(num_frames.sum()):
-        raise D.format_error(path, f"'mels' has {mels.shape[0]} frames but 'num_frames' sums to {int(num_frames.sum())}")
+        raise F.format_error(path, f"'mels' has {mels.shape[0]} frames but 'num_frames' sums to {int(num_frames.sum())}")
     if not np.isfinite(mels).all():
         frame = int(np.nonzero(~np.isfinite(mels).all(axis=1))[0][0])
         utt = int(np.searchsorted(np.cumsum(num_frames), frame, side="right"))
-        raise D.format_error(path, f"'mels' has {'NaN' if np.isnan(mels).any() else 'Inf'} values (utterance {utt}, frame {frame})")
+        raise F.format_error(path, f"'mels' has {'NaN' if np.isnan(mels).any() else 'Inf'} values (utterance {utt}, frame {frame})")
 
     phoneme_names = _strings(path, data, "phoneme_names")
     speaker_names = _strings(path, data, "speaker_names")
@@ -346,10 +343,10 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
     sentences = _ints(path, data, "sentences")
     for key, a in (("speakers", speakers), ("sentences", sentences)):
         if len(a) != n:
-            raise D.format_error(path, f"'{key}' has {len(a)} entries but there are {n} utterances")
+            raise F.format_error(path, f"'{key}' has {len(a)} entries but there are {n} utterances")
     _ids_in_range(path, "speakers", speakers, len(speaker_names), "'speaker_names'")
     if sentences.min() < 0:
-        raise D.format_error(path, f"'sentences' has a negative id {int(sentences.min())}")
+        raise F.format_error(path, f"'sentences' has a negative id {int(sentences.min())}")
     texts = None
     if "texts" in data:
         texts = _strings(path, data, "texts")
@@ -360,7 +357,7 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
             h = _ints(path, data, key)
             unknown = np.setdiff1d(h, a)
             if unknown.size:
-                raise D.format_error(path, f"'{key}' names {what} {int(unknown[0])}, which has no utterance")
+                raise F.format_error(path, f"'{key}' names {what} {int(unknown[0])}, which has no utterance")
             held[key] = h
     corpus = TTSCorpus(
         phonemes=np.split(ids, offsets[1:-1]),
@@ -376,23 +373,13 @@ def validate_tts_corpus(data: dict[str, Any], path: str = "<corpus>") -> TTSCorp
         **held,
     )
     if corpus.held_out_speakers is not None and corpus.held_out_sentences is not None and len(corpus.split()["train"]) == 0:
-        raise D.format_error(path, "the held-out speakers and sentences leave no training utterance")
+        raise F.format_error(path, "the held-out speakers and sentences leave no training utterance")
     return corpus
 
 
 def load_tts_corpus(path: str | os.PathLike) -> TTSCorpus:
     """Load and validate a synthesis corpus ``.npz`` (see the module docstring)."""
-    path = str(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such corpus file")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
-    except Exception as e:  # not a zip, not an npz, or pickled objects
-        if isinstance(e, (KeyboardInterrupt, MemoryError)):
-            raise
-        raise D.CorpusFormatError(f"{path}: not a readable .npz file without pickled objects ({e})") from e
-    return validate_tts_corpus(data, path)
+    return validate_tts_corpus(F.read_npz(path, allow_pickle=False), str(path))
 
 
 def tts_corpus_arrays(
@@ -438,255 +425,7 @@ def save_tts_corpus(path: str | os.PathLike, **utterances: Any) -> Path:
     :func:`tts_corpus_arrays`), validated first, atomically; returns the path."""
     data = tts_corpus_arrays(**utterances)
     validate_tts_corpus(data, str(path))
-    return D.write_npz(path, data)
-
-
-# --------------------------------------------------------------------------
-# espeak-ng's C library (speak_lib.h, API revision 12)
-# --------------------------------------------------------------------------
-
-LIBESPEAK_ENV = "PROXOPT_LIBESPEAK"  # a path to libespeak-ng.so.1, to override the search
-_AUDIO_OUTPUT_SYNCHRONOUS = 2
-_INITIALIZE_PHONEME_EVENTS = 0x0001
-_POS_CHARACTER = 1
-_CHARS_UTF8 = 1
-_EVENT_LIST_TERMINATED = 0
-_EVENT_PHONEME = 7
-_RATE, _PITCH = 1, 3
-_EE_OK = 0
-
-
-class _EventId(ctypes.Union):
-    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
-
-
-class _Event(ctypes.Structure):
-    """``espeak_EVENT``."""
-
-    _fields_ = [
-        ("type", ctypes.c_int),
-        ("unique_identifier", ctypes.c_uint),
-        ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int),
-        ("audio_position", ctypes.c_int),  # ms
-        ("sample", ctypes.c_int),  # samples from the start of the message
-        ("user_data", ctypes.c_void_p),
-        ("id", _EventId),
-    ]
-
-
-_SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
-
-
-class PhonemeEvent(NamedTuple):
-    name: str  # espeak-ng's phoneme mnemonic (``h``, ``@``, ``oU``, ``_:`` for a pause)
-    sample: int  # where it starts in the audio
-    audio_ms: int  # the same in milliseconds, as espeak-ng reports it
-    text_position: int  # character of the text it comes from (1-based)
-
-
-class Spoken(NamedTuple):
-    audio: np.ndarray  # float32 [samples], int16 / 32768
-    sample_rate: int
-    phonemes: list[PhonemeEvent]
-
-
-# One Espeak per loaded library (keyed by its dlopen handle, the same whatever
-# name loaded it), kept for the life of the process: the library's synth
-# callback is global, so a second instance would re-initialise the library and
-# take the callback over, and a collected instance would leave the library
-# calling freed code. Each instance holds its CFUNCTYPE callback.
-_INSTANCES: dict[int, "Espeak"] = {}
-_INSTANCES_LOCK = threading.RLock()
-
-
-class Espeak:
-    """libespeak-ng: audio and phoneme events of a text.
-
-    The library keeps global state (its synth callback among it), so there is
-    one instance per loaded library, for the life of the process: get it from
-    :func:`open_espeak` or :func:`espeak_library`, not by calling the class.
-    It initialises the library and never synthesizes in this process:
-    :meth:`speak` synthesizes in a forked child (POSIX only), one call at a
-    time."""
-
-    def __init__(self, lib: ctypes.CDLL) -> None:
-        with _INSTANCES_LOCK:
-            if lib._handle in _INSTANCES:
-                raise RuntimeError(f"{lib._name} already has its Espeak instance: use open_espeak(), which returns it")
-            self._initialise(lib)
-            _INSTANCES[lib._handle] = self
-
-    def _initialise(self, lib: ctypes.CDLL) -> None:
-        self._lib = lib
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Info.restype = ctypes.c_char_p
-        lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-            ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p,
-        ]  # fmt: skip
-        self.sample_rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_PHONEME_EVENTS)
-        if self.sample_rate <= 0:
-            raise D.EspeakUnavailableError(f"libespeak-ng failed to initialise (its data not found?): {D.ESPEAK_INSTALL_HINT}")
-        data_path = ctypes.c_char_p()
-        self.version = lib.espeak_Info(ctypes.byref(data_path)).decode()
-        self.data_path = Path(data_path.value.decode()) if data_path.value else None
-        self._chunks: list[np.ndarray] = []
-        self._events: list[PhonemeEvent] = []
-        self._callback_error: BaseException | None = None
-        self._callback = _SynthCallback(self._on_synth)  # registered once; the instance lives as long as the process
-        lib.espeak_SetSynthCallback(self._callback)
-        self._lock = threading.Lock()
-
-    def _on_synth(self, wav, n, events) -> int:
-        """The synth callback: keeps the audio and the phoneme events. An
-        exception here would be printed and dropped by ctypes (synthesis going
-        on with missing audio), so it is stored, synthesis is aborted (return
-        1) and :meth:`_speak_here` raises it once ``espeak_Synth`` returns."""
-        try:
-            if n > 0:
-                self._chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-            i = 0
-            while events[i].type != _EVENT_LIST_TERMINATED:
-                e = events[i]
-                if e.type == _EVENT_PHONEME:
-                    name = e.id.string.decode("utf-8", errors="replace")  # .value: up to the NUL, or all 8 bytes
-                    self._events.append(PhonemeEvent(name, int(e.sample), int(e.audio_position), int(e.text_position)))
-                i += 1
-        except BaseException as e:  # noqa: BLE001 -- re-raised after espeak_Synth returns
-            if self._callback_error is None:
-                self._callback_error = e
-            return 1  # abort synthesis
-        return 0  # continue synthesis
-
-    def variants(self) -> frozenset[str] | None:
-        """The voice variants in espeak-ng's data (``voices/!v``), or None if it cannot tell."""
-        d = self.data_path / "voices" / "!v" if self.data_path else None
-        return frozenset(p.name for p in d.iterdir()) if d is not None and d.is_dir() else None
-
-    def speak(self, text: str, voice: str, rate: int = 175, pitch: int = 50) -> Spoken:
-        """Synthesize ``text`` with ``voice`` (``<language>[+<variant>]``) at ``rate``
-        words per minute and ``pitch`` (0..99).
-
-        espeak-ng keeps state from one synthesis to the next (its wave
-        generator's phase: the same call twice in a row differs by a few
-        samples), so each call runs in a forked child process, which starts
-        from this process's freshly initialised library: the result depends
-        on the arguments only."""
-        language, _, variant = voice.partition("+")
-        known = self.variants()
-        if variant and known is not None and variant not in known:  # espeak-ng would silently use the default
-            raise ValueError(f"Invalid voice: {voice!r} (espeak-ng has no variant {variant!r})")
-        call = f"synthesizing {text!r} with voice {voice!r} (rate {rate}, pitch {pitch})"
-        with self._lock:
-            read_fd, write_fd = os.pipe()
-            try:
-                pid = os.fork()
-            except BaseException:
-                os.close(read_fd)
-                os.close(write_fd)
-                raise
-            if pid == 0:
-                self._child(read_fd, write_fd, call, text, voice, rate, pitch)  # never returns
-            os.close(write_fd)
-            try:
-                with os.fdopen(read_fd, "rb") as f:
-                    blob = f.read()
-            finally:
-                _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-        if code != 0:
-            how = f"was killed by signal {-code}" if code < 0 else f"failed (exit status {code})"
-            raise RuntimeError(f"espeak-ng's child process {how} {call}")
-        if not blob:
-            raise RuntimeError(f"espeak-ng's child process sent nothing back {call}")
-        result = pickle.loads(blob)
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def _child(self, read_fd: int, write_fd: int, call: str, text: str, voice: str, rate: int, pitch: int) -> NoReturn:
-        """The forked child of :meth:`speak`: synthesize, send the pickled
-        result (or the error) down the pipe and exit without cleanup: exit
-        status 0 once it is sent, 1 if anything failed. Never returns or raises
-        into the parent's code (whose copy the child is)."""
-        ok = False
-        try:
-            os.close(read_fd)
-            try:
-                result: Any = self._speak_here(text, voice, rate, pitch)
-            except BaseException as e:  # noqa: BLE001 -- every error goes back to the parent
-                result = e
-            try:
-                blob = pickle.dumps(result)
-            except Exception as e:  # noqa: BLE001 -- an unpicklable result or error: send its description
-                blob = pickle.dumps(RuntimeError(f"espeak-ng's child process could not send {result!r} back ({e!r}) {call}"))
-            with os.fdopen(write_fd, "wb") as f:
-                f.write(blob)
-            ok = True
-        finally:
-            os._exit(0 if ok else 1)
-
-    def _speak_here(self, text: str, voice: str, rate: int, pitch: int) -> Spoken:
-        language = voice.partition("+")[0]
-        blob = text.encode("utf-8") + b"\0"
-        if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
-            raise ValueError(f"Invalid voice: {voice!r} (espeak-ng has no language {language!r})")
-        self._lib.espeak_SetParameter(_RATE, int(rate), 0)
-        self._lib.espeak_SetParameter(_PITCH, int(pitch), 0)
-        self._chunks, self._events, self._callback_error = [], [], None
-        err = self._lib.espeak_Synth(blob, len(blob), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        chunks, events, callback_error = self._chunks, self._events, self._callback_error
-        self._chunks, self._events, self._callback_error = [], [], None
-        if callback_error is not None:
-            raise callback_error
-        if err != _EE_OK:
-            raise RuntimeError(f"espeak_Synth failed ({err}) for {text!r} with voice {voice!r}")
-        audio = (np.concatenate(chunks) if chunks else np.zeros(0, np.int16)).astype(np.float32) / 32768.0
-        if audio.size == 0 or not events:
-            raise RuntimeError(f"espeak-ng produced no audio or no phoneme events for {text!r} with voice {voice!r}")
-        starts = np.array([e.sample for e in events])
-        if (np.diff(starts) < 0).any() or starts[0] < 0 or starts[-1] > len(audio):
-            raise RuntimeError(
-                f"espeak-ng's phoneme positions {starts.tolist()} are not increasing within the {len(audio)} samples of {text!r}"
-            )
-        return Spoken(audio, self.sample_rate, events)
-
-
-@functools.lru_cache(maxsize=1)
-def espeak_library() -> Espeak:
-    """The process's :class:`Espeak`: ``$PROXOPT_LIBESPEAK`` when set, else
-    ``libespeak-ng.so.1`` (or what ``ctypes.util.find_library`` finds).
-
-    Raises :class:`examples.speech.data.EspeakUnavailableError` when the library is absent."""
-    import ctypes.util  # noqa: PLC0415
-
-    if os.environ.get(LIBESPEAK_ENV):
-        return open_espeak([os.environ[LIBESPEAK_ENV]])
-    return open_espeak(["libespeak-ng.so.1", ctypes.util.find_library("espeak-ng") or "libespeak-ng.dylib"])
-
-
-def open_espeak(candidates: Sequence[str]) -> Espeak:
-    """The :class:`Espeak` of the first of ``candidates`` (library names or
-    paths) that loads: made and initialised on the first call for that
-    library, the same instance on every later call (whatever name reaches it)."""
-    errors = []
-    for name in candidates:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError as e:
-            errors.append(str(e))
-            continue
-        with _INSTANCES_LOCK:
-            return _INSTANCES.get(lib._handle) or Espeak(lib)
-    raise D.EspeakUnavailableError(
-        f"libespeak-ng (the espeak-ng C library, Debian's libespeak-ng1) was not found ({'; '.join(errors)}): "
-        f"{D.ESPEAK_INSTALL_HINT}; or set {LIBESPEAK_ENV} to the library's path"
-    )
+    return F.write_npz(path, data)
 
 
 def frame_durations(starts: Sequence[int] | np.ndarray, num_samples: int, hop_length: int) -> np.ndarray:
@@ -818,14 +557,6 @@ def _plan(spec: TTSSpec) -> tuple[list[_Utt], np.ndarray]:
     return plan, held.astype(np.int64)
 
 
-def spec_key(spec: TTSSpec) -> str:
-    """The cache key: the spec, the format version and libespeak-ng's version."""
-    blob = json.dumps(
-        {"spec": dataclasses.asdict(spec), "format": FORMAT_VERSION, "libespeak": espeak_library().version}, sort_keys=True
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def synthesize_tts_corpus(
     spec: TTSSpec | None = None,
     out: str | os.PathLike | None = None,
@@ -836,27 +567,21 @@ def synthesize_tts_corpus(
 ) -> Path:
     """Make (or reuse from the cache) the corpus of ``spec``; returns its path
     (``out`` when given, else the cache file)."""
-    import torch  # noqa: PLC0415
-
     spec = spec or TTSSpec()
     if (why := spec.problem()) is not None:
         raise ValueError(f"Invalid TTSSpec: {why}")
     lib = espeak_library()
-    cache = Path(cache_dir) if cache_dir is not None else D.default_cache_dir()
-    cached = cache / "speech" / f"tts-{spec_key(spec)}.npz"
-    target = Path(out) if out is not None else cached
-    if use_cache and cached.exists():
-        try:
-            load_tts_corpus(cached)
-        except D.CorpusFormatError:
-            cached.unlink()
-        else:
-            if log:
-                log(f"[tts-corpus] cached {cached}")
-            if target != cached:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(cached.read_bytes())
-            return target
+    key = spec_key(spec, format=FORMAT_VERSION, libespeak=lib.version)
+
+    def make(target: Path) -> Path:
+        return _synthesize(spec, lib, target, log)
+
+    return cached_corpus("tts", key, make, load_tts_corpus, F.CorpusFormatError, out, cache_dir=cache_dir, use_cache=use_cache, log=log)
+
+
+def _synthesize(spec: TTSSpec, lib: Espeak, target: Path, log) -> Path:
+    """Speak, align and save the corpus of ``spec`` at ``target``."""
+    import torch  # noqa: PLC0415
 
     t0 = time.perf_counter()
     texts = make_sentences(spec.sentences, spec.seed)
@@ -869,7 +594,7 @@ def synthesize_tts_corpus(
         spoken = lib.speak(texts[u.sentence], voices[u.speaker], u.rate, u.pitch)
         audio, starts = spoken.audio, np.array([e.sample for e in spoken.phonemes])
         if spoken.sample_rate != spec.mel.sample_rate:
-            audio = D.resample_poly(audio, spoken.sample_rate, spec.mel.sample_rate)
+            audio = resample_poly(audio, spoken.sample_rate, spec.mel.sample_rate)
             starts = np.minimum(np.round(starts * spec.mel.sample_rate / spoken.sample_rate).astype(np.int64), len(audio))
         with torch.no_grad():
             mel = front(torch.from_numpy(audio))[0].T.numpy()  # [frames, n_mels]
@@ -884,8 +609,8 @@ def synthesize_tts_corpus(
     phonemes = [remap[np.asarray(p)] for p in phonemes]
     if log:
         log(f"[tts-corpus] {len(plan)} utterances synthesized with libespeak-ng {lib.version} in {time.perf_counter() - t0:.1f}s")
-    path = save_tts_corpus(
-        cached if use_cache else target,
+    return save_tts_corpus(
+        target,
         phonemes=phonemes,
         durations=durations,
         mels=mels,
@@ -898,10 +623,6 @@ def synthesize_tts_corpus(
         held_out_speakers=list(range(len(spec.voices), len(voices))),
         held_out_sentences=held_sentences,
     )
-    if path != target:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(path.read_bytes())
-    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -909,7 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="write the .npz here (it is cached anyway)")
     p.add_argument("--tiny", action="store_true", help="4 voices, 16 sentences (seconds)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", help=f"cache directory (default {D.default_cache_dir()})")
+    p.add_argument("--cache", help=f"cache directory (default {default_cache_dir()})")
     p.add_argument("--check", metavar="FILE", help="only validate FILE.npz and print a summary")
     args = p.parse_args(argv)
     if args.check:
@@ -918,7 +639,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = (tiny_tts_spec() if args.tiny else TTSSpec()).with_(seed=args.seed)
     try:
         path = synthesize_tts_corpus(spec, args.out, cache_dir=args.cache, log=lambda s: print(s, file=sys.stderr))
-    except D.EspeakUnavailableError as e:
+    except EspeakUnavailableError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{path}: {load_tts_corpus(path).summary()}")
