@@ -90,7 +90,7 @@ PROXOPT_HD Coeffs<M> finish_coeffs(Coeffs<M> k) {
 // fewer CUDA shapes).
 inline unsigned prox_shape(const Hyper& h) {
   unsigned used = (h.l1 != 0 ? kL1 : 0u) | (h.l0 != 0 ? kL0 : 0u) | (h.l2 != 0 ? kRidge : 0u);
-  if (h.has_group()) return kGroup | (used != 0 ? (kL1 | kL0 | kRidge) : 0u);
+  if (h.has_group()) return used != 0 ? kGroupGeneral : kGroup;
   const bool bounded = std::isfinite(h.lo) || std::isfinite(h.hi);
   if (h.adaptive != 0 && used != 0) return kAdaptive | (used == kL1 && !bounded ? kL1 : kGeneral);
   if (bounded) used |= kClamp;

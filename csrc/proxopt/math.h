@@ -54,7 +54,7 @@ enum : unsigned {
 };
 constexpr unsigned kGeneral = kL1 | kL0 | kRidge | kClamp;
 // A group prox with elementwise proxes before it (the bounds follow the group).
-constexpr unsigned kGroupGeneral = kGroup | kL1 | kL0 | kRidge;
+constexpr unsigned kGroupGeneral = kGroup | (kGeneral & ~kClamp);
 
 // The scalars of one tensor's step, computed once on the host in double
 // (coeffs.h) and rounded once to the math type M. Each field is declared
