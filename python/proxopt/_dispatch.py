@@ -124,7 +124,8 @@ class DeviceCall(NamedTuple):
     steps: list[Tensor]
     layout: Tensor
     dtensor: bool
-    refusal: Tensor             # where the operator reports a tensor it does not take
+    refusal: Tensor             # where the operator reports a tensor it does not take,
+    report: Any                 # and a NumPy view of it (read without making a tensor)
     groups: list[dict]          # the param groups (where's first index), for messages
 
 
@@ -328,9 +329,10 @@ def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple
             starts.append(len(params))
             columns += b.columns
         layout = torch.tensor(starts + columns, dtype=torch.int64)
+        refusal = torch.zeros(2, dtype=torch.int64)
         device_calls.append(DeviceCall(
             device, buckets, owners, params, where, [b.state for b in buckets], [b.steps for b in buckets],
-            layout, any(is_dtensor(o) for o in owners), torch.zeros(2, dtype=torch.int64), groups,
+            layout, any(is_dtensor(o) for o in owners), refusal, refusal.numpy(), groups,
         ))
     return Plan(
         device_calls, slow, outside, list(groups), [list(g["params"]) for g in groups], list(keys),
@@ -349,6 +351,7 @@ def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: li
     ``done`` is False when the operator refused a tensor the plan sent it
     (nothing was written: build a new plan and step again). When it raises,
     nothing was written and the state this plan created is removed."""
+    written = False
     try:
         # FSDP2: group proxes over groups split across shards run after the kernel, with reduced norms.
         kernel_hypers, deferred = [], []
@@ -364,15 +367,19 @@ def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: li
         if len(calls) > 1:  # several devices: every call checks before any writes
             for call, args in calls:
                 if not _run(spec, call, args._replace(check_only=True)):
+                    _undo_created(plan, state)
                     return None, False
-        for i, (call, args) in enumerate(calls):
+        for call, args in calls:
             if not _run(spec, call, args):
-                if i == 0:
+                if not written:
+                    _undo_created(plan, state)
                     return None, False
                 raise RuntimeError(f"proxopt: the operator refused a tensor of device {call.device} after it had "
                                    "checked it")  # pragma: no cover - the checks above ran on the same tensors
+            written = True
     except BaseException:
-        _undo_created(plan, state)
+        if not written:
+            _undo_created(plan, state)
         raise
     if plan.created:
         if found_inf is not None and float(found_inf) != 0:
@@ -426,12 +433,13 @@ def _call_args(call: DeviceCall, groups: list[dict], hypers: list[Hyper], grad_s
 def _run(spec: StepSpec, call: DeviceCall, args: StepArgs) -> bool:
     """One operator call. False: it refused a tensor that the reference path
     can take, and wrote nothing."""
+    report = call.report if args.refusal is call.refusal else args.refusal
     try:
         torch.ops.proxopt.step.default(*args)
     except ValueError as exc:
-        if args.refusal is None or int(args.refusal[0]) != _REFUSALS["tensor_error"]:
+        if args.refusal is None or report[0] != _REFUSALS["tensor_error"]:
             raise
-        gi, i = call.where[int(args.refusal[1])]
+        gi, i = call.where[int(report[1])]
         what = str(exc)  # "is ..." reads as a sentence about the parameter, anything else after a colon
         raise ValueError(f"{label(call.groups[gi], i)}{' ' if what.startswith('is ') else ': '}{what}") from None
     except NotImplementedError:
@@ -443,7 +451,7 @@ def _run(spec: StepSpec, call: DeviceCall, args: StepArgs) -> bool:
                     f"({label(call.groups[gi], i)}); use a dense gradient or torch.optim.SparseAdam"
                 ) from None
         raise
-    return args.refusal is None or int(args.refusal[0]) == _REFUSALS["none"]
+    return args.refusal is None or bool(report[0] == _REFUSALS["none"])
 # ---- the reference path ----------------------------------------------------------------
 
 

@@ -12,14 +12,16 @@ keeps) and which hyperparameters it has.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import copy
+import operator
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _dispatch
-from .checks import check_overlap, check_params, label
+from .checks import check_overlap, check_params
 from .hyper import Hyper
 from .regularizers import (
     _number,
@@ -72,7 +74,7 @@ class ProxOptimizer(Optimizer):
         if defaults.get("fused") and defaults.get("foreach"):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._plan = None
-        self._hypers: dict[int, tuple[tuple, Hyper]] = {}  # id(group) -> (its values, its Hyper)
+        self._hypers: dict[int, _Validated] = {}  # id(group) -> what it was last validated with
         regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers)
         super().__init__(params, {**defaults, **regs})
 
@@ -99,17 +101,24 @@ class ProxOptimizer(Optimizer):
         if torch.compiler.is_compiling():
             return self._validate(group)  # traced: Dynamo guards on the group's values instead
         lr = group["lr"]
-        check_lr(lr)
-        values = tuple(v for k, v in group.items() if k not in ("params", "lr"))
+        keys, values = list(group), list(group.values())
         cached = self._hypers.get(id(group))
-        if cached is not None and len(cached[0]) == len(values) and all(map(_same_value, cached[0], values)):
-            h = cached[1]
+        if cached is None or not _unchanged(keys, values, cached):
+            cached = _Validated(keys, values, self._validate(group), {})
+            self._hypers[id(group)] = cached
         else:
-            h = self._validate(group)
-            self._hypers[id(group)] = (values, h)
+            if isinstance(lr, Tensor) or lr is not cached.values[keys.index("lr")]:
+                check_lr(lr)  # (a tensor lr may have been changed in place)
+            cached.values[:] = values
         if isinstance(lr, Tensor):
-            return h
-        return Hyper(**{**h.__dict__, "lr": float(lr)})
+            return cached.hyper  # the kernel reads the tensor
+        out = cached.with_lr.get(lr)
+        if out is None:  # a new lr (a scheduler's): one copy, kept for the last few values
+            if len(cached.with_lr) >= 4:
+                cached.with_lr.clear()
+            out = cached.with_lr[lr] = copy.copy(cached.hyper)
+            out.lr = float(lr)
+        return out
 
     def _validate(self, group: dict) -> Hyper:
         """Validate one param group and derive its :class:`Hyper`."""
@@ -264,10 +273,29 @@ class ProxOptimizer(Optimizer):
         self._plan = _dispatch.build_plan(self._spec, self.param_groups, self.state, keys)
 
 
+class _Validated(NamedTuple):
+    """A param group's keys and values when it was last validated, and the result."""
+
+    keys: list[str]
+    values: list[Any]
+    hyper: Hyper
+    with_lr: dict[float, Hyper]
+
+
 def _same_value(a: Any, b: Any) -> bool:
     """Whether a param group's value is unchanged: the same object, or an
-    equal value of a plain type (a tensor is compared by identity)."""
-    return a is b or (not isinstance(a, Tensor) and not isinstance(b, Tensor) and type(a) is type(b) and a == b)
+    equal value of the same plain type (a tensor is compared by identity)."""
+    return a is b or (type(a) is type(b) and not isinstance(a, Tensor) and a == b)
+
+
+def _unchanged(keys: list[str], values: list[Any], cached: _Validated) -> bool:
+    """Whether a group's keys and values are those it was validated with, but
+    ``lr`` (checked on its own) and ``params`` (the plan's business)."""
+    if keys != cached.keys:
+        return False
+    if all(map(operator.is_, values, cached.values)):
+        return True
+    return all(k in ("lr", "params") or _same_value(a, b) for k, a, b in zip(keys, values, cached.values))
 
 
 def check_nonneg(name: str, value: Any, label: str | None = None) -> float:
