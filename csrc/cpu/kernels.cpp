@@ -140,35 +140,26 @@ __attribute__((always_inline)) inline M step_at(const A* w, const A* __restrict 
 // tile): the new weights go to `dst` (which may be w itself); with kScratchSq
 // their squares go to `lane` (element j to lane j % kLanes), with
 // kStoreColSq to lane[j].
-//
-// Not inlined: float32 tensors and the float tiles of float16 and bfloat16
-// call one compiled loop per (rule, shape, output) -- inlined, each storage
-// type compiled it again, three quarters of the kernels' build time for one
-// call per tile saved.
 template <class Rule, unsigned P, Out O, class M>
-__attribute__((noinline)) void step_loop(M* w, const M* __restrict g, M* __restrict s0, M* __restrict s1,
-                                         M* __restrict s2, int64_t n, const Coeffs<M>& kref, M* dst,
-                                         double* __restrict lane) {
-  const Coeffs<M> k = kref;  // see step_range
+__attribute__((always_inline)) inline void step_loop(M* w, const M* __restrict g, M* __restrict s0, M* __restrict s1,
+                                                     M* __restrict s2, int64_t n, const Coeffs<M>& k, M* dst,
+                                                     double* lane) {
   constexpr bool kStates = O != Out::kDry;
   if constexpr (O == Out::kScratchSq) {
-    double acc[kLanes];  // in registers, whatever dst may alias
-    for (int l = 0; l < kLanes; ++l) acc[l] = lane[l];
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
 #pragma GCC ivdep
       for (int l = 0; l < kLanes; ++l) {
         const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j + l, k);
         dst[j + l] = nw;
-        acc[l] += double(nw) * double(nw);
+        lane[l] += double(nw) * double(nw);
       }
     }
     for (; j < n; ++j) {
       const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
       dst[j] = nw;
-      acc[0] += double(nw) * double(nw);
+      lane[0] += double(nw) * double(nw);
     }
-    for (int l = 0; l < kLanes; ++l) lane[l] = acc[l];
   } else if constexpr (O == Out::kStoreColSq) {
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
