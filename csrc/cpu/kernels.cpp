@@ -1,11 +1,11 @@
 // Per-ISA kernels. CMake compiles this file once per instruction set
 // (baseline, AVX2, AVX-512) and part -- the plain shapes, or the group
 // shapes (PROXOPT_CPU_GROUPS 0 or 1): translation units of about equal size
-// that build in parallel, each loop compiled once (the 16-bit dtypes step
-// float tiles with the float32 loops of their unit). PROXOPT_ISA names the
-// namespace; isa.cpp picks the instruction set at run time. The loop body is proxopt::step_element, the same
-// function the CUDA kernels call, so the math exists once: every element is
-// loaded once, runs the whole order of operations, and is stored once.
+// that build in parallel. PROXOPT_ISA names the namespace; isa.cpp picks the
+// instruction set at run time. The loop body is proxopt::step_element, the
+// same function the CUDA kernels call, so the math exists once: every
+// element is loaded once, runs the whole order of operations, and is stored
+// once.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
