@@ -19,8 +19,8 @@ A :class:`Plan` is reused while nothing it depends on changes;
 
 What a plan cannot see coming (``.data`` rebound to a tensor the kernel
 cannot take, a non-contiguous grad) the operator finds in its checks, before
-writing anything, and reports as a refusal code; :func:`step` then returns
-``None`` and the optimizer rebuilds the plan and steps again.
+writing anything, and reports as a refusal code; :func:`step` then says it
+is not done and the optimizer rebuilds the plan and steps again.
 
 For the kernel tensors of one (param group, device, dtype) -- a *bucket* --
 every state key is one row of an (S, N) tensor and every step counter one
