@@ -23,11 +23,15 @@ struct TensorTask {
   int64_t numel = 0;
   const Coeffs<double>* coeffs = nullptr;
   int64_t outer = 1, groups = 1, inner = 1;
+  // With a sparsity budget: its threshold and probes c/R, c, c*R (else null).
+  const double* budget = nullptr;
 };
 
 // A kernel runs one chunk of one tensor: elements [begin, end) for a plain
-// step, groups [begin, end) with a group prox.
-using ChunkFn = void (*)(const TensorTask&, int64_t begin, int64_t end);
+// step, groups [begin, end) with a group prox. A budget shape writes the
+// chunk's counts to `counts` (one slot per chunk: summed in chunk order, so
+// the result does not depend on the threads).
+using ChunkFn = void (*)(const TensorTask&, int64_t begin, int64_t end, BudgetCounts* counts);
 
 // One unit of work of the parallel region; `cost` is its element count.
 struct Chunk {

@@ -121,13 +121,14 @@ inline double lane_total(const double* lane) {
 // converts to it implicitly (float32/float64 tensors, or a widened tile).
 template <class Rule, unsigned P, bool StoreStates, class M, class A>
 __attribute__((always_inline)) inline M step_at(const A* w, const A* __restrict g, A* __restrict s0,
-                                                A* __restrict s1, A* __restrict s2, int64_t j, const Coeffs<M>& k) {
+                                                A* __restrict s1, A* __restrict s2, int64_t j, const Coeffs<M>& k,
+                                                BudgetCounts& c) {
   constexpr int S = Rule::kStates;
   M st[S > 0 ? S : 1];
   if constexpr (S > 0) st[0] = s0[j];
   if constexpr (S > 1) st[1] = s1[j];
   if constexpr (S > 2) st[2] = s2[j];
-  const M nw = step_element<Rule, P>(M(w[j]), M(g[j]), st, k);
+  const M nw = step_element<Rule, P>(M(w[j]), M(g[j]), st, k, c);
   if constexpr (StoreStates) {
     if constexpr (S > 0) s0[j] = st[0];
     if constexpr (S > 1) s1[j] = st[1];
@@ -139,37 +140,55 @@ __attribute__((always_inline)) inline M step_at(const A* w, const A* __restrict 
 // Elements [0, n) of arrays of the math type (a tensor's own memory, or a
 // tile): the new weights go to `dst` (which may be w itself); with kScratchSq
 // their squares go to `lane` (element j to lane j % kLanes), with
-// kStoreColSq to lane[j].
+// kStoreColSq to lane[j]; a budget shape adds its counts to `c`.
 template <class Rule, unsigned P, Out O, class M>
 __attribute__((always_inline)) inline void step_loop(M* w, const M* __restrict g, M* __restrict s0, M* __restrict s1,
                                                      M* __restrict s2, int64_t n, const Coeffs<M>& k, M* dst,
-                                                     double* lane) {
+                                                     double* lane, BudgetCounts& c) {
   constexpr bool kStates = O != Out::kDry;
+  if constexpr ((P & kBudget) != 0) {
+    static_assert(O == Out::kStore, "the budget has plain loops only");
+    // The counts in locals, so that they vectorize as three reductions.
+    int32_t lo = 0, mid = 0, hi = 0;
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) {
+      BudgetCounts e;
+      dst[j] = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, e);
+      lo += e.lo;
+      mid += e.mid;
+      hi += e.hi;
+    }
+    c.lo += lo;
+    c.mid += mid;
+    c.hi += hi;
+    return;
+  }
+  BudgetCounts none;
   if constexpr (O == Out::kScratchSq) {
     int64_t j = 0;
     for (; j + kLanes <= n; j += kLanes) {
 #pragma GCC ivdep
       for (int l = 0; l < kLanes; ++l) {
-        const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j + l, k);
+        const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j + l, k, none);
         dst[j + l] = nw;
         lane[l] += double(nw) * double(nw);
       }
     }
     for (; j < n; ++j) {
-      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
+      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, none);
       dst[j] = nw;
       lane[0] += double(nw) * double(nw);
     }
   } else if constexpr (O == Out::kStoreColSq) {
 #pragma GCC ivdep
     for (int64_t j = 0; j < n; ++j) {
-      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
+      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, none);
       dst[j] = nw;
       lane[j] += double(nw) * double(nw);
     }
   } else {
 #pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) dst[j] = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k);
+    for (int64_t j = 0; j < n; ++j) dst[j] = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, none);
   }
 }
 
@@ -178,7 +197,7 @@ __attribute__((always_inline)) inline void step_loop(M* w, const M* __restrict g
 // squares of the new weights for kScratchSq (0 otherwise).
 template <class Rule, unsigned P, Out O, class T>
 double step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t len,
-                  const Coeffs<math_t<T>>& kref, math_t<T>* __restrict out) {
+                  const Coeffs<math_t<T>>& kref, math_t<T>* __restrict out, BudgetCounts* counts = nullptr) {
   using M = math_t<T>;
   constexpr int S = Rule::kStates;
   // A local copy: its fields cannot alias the tensors, so they stay in
@@ -189,9 +208,10 @@ double step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t l
   T* __restrict s1 = S > 1 ? s[1] : nullptr;
   T* __restrict s2 = S > 2 ? s[2] : nullptr;
   double lane[kLanes] = {};
+  BudgetCounts c;
   if constexpr (std::is_same_v<T, M>) {
     // float32/float64: the loop reads and writes the tensors themselves.
-    step_loop<Rule, P, O>(w, g, s0, s1, s2, len, k, O == Out::kStore ? w : out, lane);
+    step_loop<Rule, P, O>(w, g, s0, s1, s2, len, k, O == Out::kStore ? w : out, lane, c);
   } else {
     // 16-bit: widen a tile of every array, step it, narrow what is stored.
     alignas(64) M tw[kTile], tg[kTile], ts[S > 0 ? S : 1][kTile];
@@ -203,7 +223,7 @@ double step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t l
       if constexpr (S > 1) widen(s1 + base, ts[1], n);
       if constexpr (S > 2) widen(s2 + base, ts[2], n);
       step_loop<Rule, P, O>(tw, tg, ts[0], S > 1 ? ts[S > 1 ? 1 : 0] : nullptr, S > 2 ? ts[S > 2 ? 2 : 0] : nullptr,
-                            n, k, O == Out::kStore ? tw : out + base, lane);
+                            n, k, O == Out::kStore ? tw : out + base, lane, c);
       if constexpr (O != Out::kDry) {
         if constexpr (S > 0) narrow(ts[0], s0 + base, n);
         if constexpr (S > 1) narrow(ts[1], s1 + base, n);
@@ -212,6 +232,7 @@ double step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t l
       if constexpr (O == Out::kStore) narrow(tw, w + base, n);
     }
   }
+  if (counts != nullptr) *counts = c;
   return O == Out::kScratchSq ? lane_total<M>(lane) : 0.0;
 }
 
@@ -243,15 +264,23 @@ Ptrs<T> ptrs_at(const TensorTask& t, int64_t offset) {
 
 template <class T>
 Coeffs<math_t<T>> coeffs_of(const TensorTask& t) {
-  return finish_coeffs(t.coeffs->template cast<math_t<T>>());
+  Coeffs<math_t<T>> k = finish_coeffs(t.coeffs->template cast<math_t<T>>());
+  if (t.budget != nullptr) {  // this tensor's own threshold and probes
+    using M = math_t<T>;
+    k.budget_thr = M(t.budget[0]);
+    k.probe_lo = M(t.budget[1]);
+    k.probe_mid = M(t.budget[2]);
+    k.probe_hi = M(t.budget[3]);
+  }
+  return k;
 }
 
 // ---- plain chunks: elements [begin, end) ------------------------------------
 
 template <class Rule, unsigned P, class T>
-void run_plain(const TensorTask& t, int64_t begin, int64_t end) {
+void run_plain(const TensorTask& t, int64_t begin, int64_t end, BudgetCounts* counts) {
   const auto p = ptrs_at<Rule, T>(t, begin);
-  step_range<Rule, P, Out::kStore>(p.w, p.g, p.s, end - begin, coeffs_of<T>(t), nullptr);
+  step_range<Rule, P, Out::kStore>(p.w, p.g, p.s, end - begin, coeffs_of<T>(t), nullptr, counts);
 }
 
 // ---- group chunks: groups [q0, q1) of a tensor seen as [outer, groups, inner]
@@ -341,8 +370,9 @@ void run_column_panel(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<
   for (int64_t o = 0; o < t.outer; ++o) {
     const auto p = ptrs_at<Rule, T>(t, o * G + q0);
     if constexpr (std::is_same_v<T, M>) {
+      BudgetCounts none;
       step_loop<Rule, P, Out::kStoreColSq>(p.w, p.g, p.s[0], S > 1 ? p.s[1] : nullptr, S > 2 ? p.s[2] : nullptr,
-                                           nq, k, p.w, sums.data());
+                                           nq, k, p.w, sums.data(), none);
     } else {
       step_range<Rule, P, Out::kDry>(p.w, p.g, p.s, nq, k, run.data());
       double* __restrict sq = sums.data();
@@ -413,7 +443,7 @@ void run_big_group(const TensorTask& t, int64_t q, const Coeffs<math_t<T>>& k, d
 }
 
 template <class Rule, unsigned P, class T>
-void run_groups(const TensorTask& t, int64_t q0, int64_t q1) {
+void run_groups(const TensorTask& t, int64_t q0, int64_t q1, BudgetCounts* /*counts: no budget with groups*/) {
   const auto k = coeffs_of<T>(t);
   const int64_t group_size = t.outer * t.inner;
   const double tau = group_tau(t.coeffs->group_lambda, group_size);

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "../proxopt/hyper.h"
+#include "../proxopt/math.h"
 #include "../proxopt/rules.h"
 #include "abi.h"
 #include "dtype_table.h"
@@ -78,6 +79,8 @@ struct Bucket {
 
 struct Item {
   int bucket = 0;
+  int64_t unit = -1;            // its budget unit's first parameter (-1: no budget)
+  double* budget = nullptr;     // its row of budget statistics
   void* w = nullptr;
   const void* g = nullptr;
   bool stepped = false;         // has a grad in this call
@@ -177,11 +180,21 @@ inline Call check_tensors(const Args& a, Backend backend) {
   }
   const Ref layout = a.layout[0];
   if (layout.device_type() != cd.cpu || layout.dtype() != cd.i64 || !layout.contiguous() || layout.dim() != 1 ||
-      layout.numel() != nb + 1 + n) {
-    fail("layout must be a contiguous CPU int64 tensor of buckets + 1 + params values");
+      layout.numel() != nb + 1 + 2 * n) {
+    fail("layout must be a contiguous CPU int64 tensor of buckets + 1 + 2 * params values");
   }
   const int64_t* lay = static_cast<const int64_t*>(layout.data());
   const int64_t* column = lay + nb + 1;
+  const int64_t* unit = column + n;
+  double* budget_rows = nullptr;
+  if (const Ref bt = a.budget[0]) {
+    if (bt.device_type() != cd.cpu || bt.dtype() != cd.f64 || !bt.contiguous() || bt.dim() != 2 ||
+        bt.sizes()[0] != n || bt.sizes()[1] != kBudgetFields) {
+      fail("budget must be a contiguous CPU float64 (params, " + std::to_string(int(kBudgetFields)) +
+           ") tensor, got " + shape_of(bt) + " " + dtype_name(bt.dtype()) + " on " + where(bt));
+    }
+    budget_rows = static_cast<double*>(bt.data());
+  }
   if (lay[0] != 0 || lay[nb] != n) fail("layout's bucket starts must run from 0 to the number of params");
 
   c.buckets.resize(size_t(nb));
@@ -231,10 +244,11 @@ inline Call check_tensors(const Args& a, Backend backend) {
       }
     }
     const bool grouped = bk.h.has_group();
-    if (bk.dtype->reals == 2 && (grouped || bk.h.has_elementwise_prox())) {
+    if (bk.dtype->reals == 2 && (grouped || bk.h.has_elementwise_prox() || bk.h.heal != 0)) {
       fail_tensor(bk.first, "is complex: proximal regularizers are not defined for complex parameters (l1, l2, "
-                            "l0, bounds, group_lasso, max_norm); put it in a param group without them");
+                            "l0, bounds, group_lasso, max_norm, sparsity, heal); put it in a param group without them");
     }
+    if (bk.h.sparsity != 0 && budget_rows == nullptr) fail(bname + " has a sparsity budget: budget is required");
     int64_t prev_end = 0;
     for (int64_t i = bk.first; i < bk.last; ++i) {
       const Ref p = a.params[size_t(i)];
@@ -247,6 +261,17 @@ inline Call check_tensors(const Args& a, Backend backend) {
       if (p.layout() != cd.strided || !p.contiguous()) reroute(i, Refusal::param_not_contiguous, "the parameter is not contiguous");
       it.numel = p.numel() * bk.dtype->reals;
       it.column = column[i];
+      if (bk.h.sparsity != 0) {
+        // A unit starts at its first parameter, in the same or an earlier
+        // bucket of the same sparsity.
+        const int64_t u = unit[i];
+        if (u < 0 || u > i || unit[u] != u || c.buckets[size_t(c.items[size_t(u)].bucket)].h.sparsity != bk.h.sparsity) {
+          fail_tensor(i, "its budget unit " + std::to_string(u) + " in layout is not a parameter of the same "
+                         "sparsity at or before it");
+        }
+        it.unit = u;
+        it.budget = budget_rows + i * kBudgetFields;
+      }  // (without a budget this step -- sparsity 0, or the heal phase -- its unit is ignored)
       if (bk.nstates > 0 && (it.column < prev_end || it.column + it.numel > bk.cols || it.column % kStateAlign != 0)) {
         fail_tensor(i, "its state columns [" + std::to_string(it.column) + ", " +
                            std::to_string(it.column + it.numel) + ") are out of order, unaligned or beyond the " +

@@ -8,6 +8,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <vector>
 
@@ -46,11 +47,15 @@ void write_step(void* steps, bool f64, int64_t j, double v) {
 // threads keep spinning after torch's own ops and took cores from ours.
 int64_t pool_threads() { return g_forked.load() ? 1 : int64_t(torch::stable::get_num_threads()); }
 
-void run_chunks(const std::vector<Chunk>& chunks, const std::vector<TensorTask>& tasks, int64_t total) {
+void run_chunks(const std::vector<Chunk>& chunks, const std::vector<TensorTask>& tasks, int64_t total,
+                std::vector<BudgetCounts>& counts) {
   if (chunks.empty()) return;
   const int64_t threads = total < cpu::kParallelMinElems ? 1 : pool_threads();
   auto run = [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) chunks[size_t(c)].fn(tasks[size_t(chunks[size_t(c)].task)], chunks[size_t(c)].begin, chunks[size_t(c)].end);
+    for (int64_t c = c0; c < c1; ++c) {
+      const Chunk& ch = chunks[size_t(c)];
+      ch.fn(tasks[size_t(ch.task)], ch.begin, ch.end, &counts[size_t(c)]);
+    }
   };
   if (threads <= 1 || chunks.size() == 1) {
     run(0, int64_t(chunks.size()));
@@ -112,6 +117,38 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
     }
   }
 
+  // The sparsity budget: each unit's threshold for this step, from the
+  // counts its members gathered at the last one (math.h budget_plan), and
+  // the probes this step counts at. O(units) work, no pass over the weights.
+  std::vector<std::array<double, 4>> probes(c.items.size());
+  std::vector<std::vector<size_t>> members(c.items.size());
+  for (size_t j = 0; j < c.items.size(); ++j) {
+    if (c.items[j].unit >= 0) members[size_t(c.items[j].unit)].push_back(j);
+  }
+  for (size_t i = 0; i < c.items.size(); ++i) {
+    if (members[i].empty()) continue;
+    const Item& head = c.items[i];
+    double lo = 0, mid = 0, hi = 0;
+    int64_t n = 0;
+    for (size_t j : members[i]) {
+      const Item& m = c.items[j];
+      lo += m.budget[kBudgetLo];
+      mid += m.budget[kBudgetMid];
+      hi += m.budget[kBudgetHi];
+      n += m.numel;
+    }
+    const double s = c.buckets[size_t(head.bucket)].h.sparsity;
+    budget_plan(head.budget, lo, mid, hi, budget_keep(s, n), n);
+    const double center = head.budget[kBudgetCenter], r = head.budget[kBudgetRatio];
+    for (size_t j : members[i]) {
+      const Item& m = c.items[j];
+      std::copy(head.budget, head.budget + kBudgetLo, m.budget);
+      // A member without a grad this call keeps its counts (its weights do not move).
+      if (m.stepped) m.budget[kBudgetLo] = m.budget[kBudgetMid] = m.budget[kBudgetHi] = 0;
+      probes[j] = {head.budget[kBudgetThr], center / r, center, center * r};
+    }
+  }
+
   // One flat chunk list over every stepped tensor of every bucket.
   std::vector<TensorTask> tasks;
   std::vector<Chunk> chunks;
@@ -134,6 +171,7 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
     t.outer = it.outer;
     t.groups = it.groups;
     t.inner = it.inner;
+    if (it.budget != nullptr) t.budget = probes[i].data();
     const int32_t task = int32_t(tasks.size());
     tasks.push_back(t);
     const KernelSet& ks = kernels[size_t(it.bucket)];
@@ -152,7 +190,21 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
     }
     total += t.numel;
   }
-  run_chunks(chunks, tasks, total);
+  std::vector<BudgetCounts> counts(chunks.size());
+  run_chunks(chunks, tasks, total, counts);
+  // Each tensor's counts, summed in chunk order (integers: any order gives the same).
+  std::vector<const Item*> item_of_task;
+  item_of_task.reserve(tasks.size());
+  for (const Item& it : c.items) {
+    if (it.stepped && it.numel > 0) item_of_task.push_back(&it);
+  }
+  for (size_t ch = 0; ch < chunks.size(); ++ch) {
+    double* row = item_of_task[size_t(chunks[ch].task)]->budget;
+    if (row == nullptr) continue;
+    row[kBudgetLo] += counts[ch].lo;
+    row[kBudgetMid] += counts[ch].mid;
+    row[kBudgetHi] += counts[ch].hi;
+  }
 }
 
 }  // namespace

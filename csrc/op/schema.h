@@ -10,7 +10,12 @@
 //   steps      per bucket, a float32/float64 tensor of one counter per
 //              parameter (on the CPU for CPU calls, on the device for CUDA calls);
 //   layout     CPU int64: the B + 1 bucket starts (bucket b is
-//              params[starts[b]:starts[b+1]]), then each parameter's first state column;
+//              params[starts[b]:starts[b+1]]), then each parameter's first state
+//              column, then each parameter's budget unit (the index of the unit's
+//              first parameter; -1 without a sparsity budget);
+//   budget     None, or (with a sparsity budget) a CPU float64 (params, 8)
+//              tensor: each parameter's row of the budget's statistics
+//              (math.h BudgetField; mutated);
 //   hyper      B x kHyperFields values (hyper.h);
 //   lrs        per bucket a tensor lr, or None (then hyper's lr);
 //   grad_scale, found_inf: AMP's tensors (float32, one element);
@@ -41,6 +46,7 @@ namespace proxopt::op {
   X(lrs, "Tensor?[]")           \
   X(grad_scale, "Tensor?")      \
   X(found_inf, "Tensor?")       \
+  X(budget, "Tensor(e!)?")      \
   X(refusal, "Tensor(d!)?")     \
   X(check_only, "bool")
 
@@ -76,7 +82,7 @@ inline const char* step_schema() {
 
 // One call's arguments, owned.
 struct Args {
-  Handles params, grads, states, steps, layout, lrs, grad_scale, found_inf, refusal;
+  Handles params, grads, states, steps, layout, lrs, grad_scale, found_inf, budget, refusal;
   std::vector<double> hyper;
   bool check_only = false;
 };
@@ -96,6 +102,7 @@ inline void unbox(StableIValue* stack, uint64_t num_args, Args& a) {
   take_list(stack[kArg_lrs], true, a.lrs);
   a.grad_scale.push(take_optional(stack[kArg_grad_scale]));
   a.found_inf.push(take_optional(stack[kArg_found_inf]));
+  a.budget.push(take_optional(stack[kArg_budget]));
   a.refusal.push(take_optional(stack[kArg_refusal]));
   a.check_only = torch::stable::detail::to<bool>(stack[kArg_check_only]);
 }

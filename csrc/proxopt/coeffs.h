@@ -65,6 +65,13 @@ PROXOPT_HD Coeffs<double> make_coeffs(const Hyper& h, double t, double lr, doubl
   k.group_lasso_on = h.group_lasso != 0;
   k.max_norm = h.max_norm;
   k.max_norm_on = h.max_norm != 0;
+  k.budget_thr = -1;  // the tensor's own threshold and probes replace these (budget shapes)
+  k.probe_lo = k.probe_mid = k.probe_hi = INFINITY;
+  k.fresh0 = rule == RuleKind::kAdagrad ? h.initial_accumulator_value : 0.0;
+  k.heal = h.heal != 0;
+  // A weight the step leaves at 0 gets fresh states with a prox that makes
+  // zeros (and reset_state), and always in the heal phase.
+  k.reset = h.heal != 0 || (h.reset_state != 0 && (h.l1 != 0 || h.l0 != 0 || h.sparsity != 0));
   return k;
 }
 
@@ -85,15 +92,21 @@ PROXOPT_HD Coeffs<M> finish_coeffs(Coeffs<M> k) {
 }
 
 // The prox shape (math.h) a group's hyperparameters need: exactly their
-// proxes for a single regularizer (and L1 + L2), the general shape otherwise.
-// It returns one of variants.h's CpuShapes (cuda_prox_shape maps it onto the
-// fewer CUDA shapes).
+// proxes for a single regularizer (and L1 + L2), the general shape otherwise;
+// a budget adds kBudget to the general shape, and the state reset and the
+// heal phase need a shape that can make zeros. It returns one of
+// variants.h's CpuShapes (cuda_prox_shape maps it onto the fewer CUDA
+// shapes; a budget shape has no CUDA kernel).
 inline unsigned prox_shape(const Hyper& h) {
   unsigned used = (h.l1 != 0 ? kL1 : 0u) | (h.l0 != 0 ? kL0 : 0u) | (h.l2 != 0 ? kRidge : 0u);
-  if (h.has_group()) return used != 0 ? kGroupGeneral : kGroup;
+  const bool resets = h.heal != 0 || (h.reset_state != 0 && (used & kZeroing) != 0);
+  // (a budget after a group prox has no kernel: this shape is in no list)
+  if (h.has_group()) return h.sparsity != 0 ? kGroupGeneral | kBudget : (used != 0 || resets ? kGroupGeneral : kGroup);
+  if (h.sparsity != 0) return (h.adaptive != 0 && used != 0 ? kAdaptive : 0u) | kGeneral | kBudget;
   const bool bounded = std::isfinite(h.lo) || std::isfinite(h.hi);
   if (h.adaptive != 0 && used != 0) return kAdaptive | (used == kL1 && !bounded ? kL1 : kGeneral);
   if (bounded) used |= kClamp;
+  if (resets && (used & kZeroing) == 0) return kGeneral;
   switch (used) {
     case 0: case kL1: case kL0: case kRidge: case kL1 | kRidge: case kClamp: return used;
     default: return kGeneral;

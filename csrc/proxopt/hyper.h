@@ -18,11 +18,14 @@ namespace proxopt {
 // 0 or 1), then the regularizers' (Python derives those from its keyword
 // table, proxopt/regularizers.py, in this order): lo/hi are the bounds
 // (+-inf when unconstrained), adaptive the prox metric, group_dim the dim
-// group_lasso and max_norm act along (any sign), max_norm 0 no constraint.
+// group_lasso and max_norm act along (any sign), max_norm 0 no constraint,
+// sparsity the budget's fraction of zeros (0: none), reset_state and heal
+// switches (Python has already turned the proxes that heal stops off).
 #define PROXOPT_HYPER_FIELDS(X)                                                                  \
   X(rule) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha)      \
-  X(lr_decay) X(maximize) X(decoupled_weight_decay) X(amsgrad) X(nesterov) X(centered)           \
-  X(l1) X(l2) X(l0) X(lo) X(hi) X(adaptive) X(group_lasso) X(group_dim) X(max_norm)
+  X(lr_decay) X(initial_accumulator_value) X(maximize) X(decoupled_weight_decay) X(amsgrad) X(nesterov) X(centered)           \
+  X(l1) X(l2) X(l0) X(lo) X(hi) X(adaptive) X(group_lasso) X(group_dim) X(max_norm) X(sparsity)   \
+  X(reset_state) X(heal)
 
 enum class RuleKind : int { kSgd = 0, kAdam = 1, kAdagrad = 2, kRmsprop = 3 };
 constexpr int kRuleKinds = 4;
@@ -44,7 +47,7 @@ struct Hyper {
   RuleKind kind() const { return RuleKind(int(rule)); }
   bool has_group() const { return group_lasso != 0 || max_norm != 0; }
   bool has_elementwise_prox() const {
-    return l1 != 0 || l0 != 0 || l2 != 0 || std::isfinite(lo) || std::isfinite(hi);
+    return l1 != 0 || l0 != 0 || l2 != 0 || std::isfinite(lo) || std::isfinite(hi) || sparsity != 0;
   }
   // The value of field `f` (a HyperField).
   double field(int f) const {
@@ -80,7 +83,8 @@ inline Hyper parse_hyper(const double* v, const std::string& where) {
   require(h.rule == std::floor(h.rule) && h.rule >= 0 && h.rule < kRuleKinds,
           "unknown rule code " + std::to_string(h.rule));
   require(is_bool(h.maximize) && is_bool(h.decoupled_weight_decay) && is_bool(h.amsgrad) &&
-              is_bool(h.nesterov) && is_bool(h.centered) && is_bool(h.adaptive),
+              is_bool(h.nesterov) && is_bool(h.centered) && is_bool(h.adaptive) && is_bool(h.reset_state) &&
+              is_bool(h.heal),
           "boolean hyperparameters must be 0 or 1");
   require(std::isfinite(h.lr) && h.lr >= 0, "lr must be finite and >= 0");
   require(h.l1 >= 0 && h.l2 >= 0 && h.l0 >= 0 && h.group_lasso >= 0 && h.max_norm >= 0 &&
@@ -88,6 +92,8 @@ inline Hyper parse_hyper(const double* v, const std::string& where) {
               std::isfinite(h.group_lasso) && std::isfinite(h.max_norm),
           "regularizer strengths must be finite and >= 0");
   require(!(h.l1 != 0 && h.l0 != 0), "l1 and l0 cannot be combined");
+  require(h.sparsity >= 0 && h.sparsity <= 1, "sparsity must lie in [0, 1]");
+  require(h.sparsity == 0 || !(h.lo > 0 || h.hi < 0), "a sparsity budget needs bounds that hold 0");
   require(!(h.lo > h.hi) && !std::isnan(h.lo) && !std::isnan(h.hi), "bounds need lo <= hi");
   require(h.group_dim == std::floor(h.group_dim) && std::fabs(h.group_dim) < 64, "group_dim must be an int");
   return h;

@@ -25,13 +25,15 @@ using RuleVariants = RuleList<Sgd<false>, Sgd<true>, Adam<false>, Adam<true>, Ad
 
 // Every shape prox_shape (coeffs.h) returns; the CPU has a loop for each.
 using CpuShapes = ShapeList<0, kL1, kL0, kRidge, kL1 | kRidge, kClamp, kGeneral, kGroup, kGroupGeneral,
-                            kAdaptive | kL1, kAdaptive | kGeneral>;
+                            kAdaptive | kL1, kAdaptive | kGeneral, kGeneral | kBudget,
+                            kAdaptive | kGeneral | kBudget>;
 // On a GPU arithmetic is cheap next to memory: every regularized step takes
 // the general shape of its kind (unused proxes at their exact neutral values).
+// The budget has no CUDA kernel yet: its tensors take the reference path.
 using CudaShapes = ShapeList<0, kGeneral, kGroup, kGroupGeneral, kAdaptive | kGeneral>;
 
 inline unsigned cuda_prox_shape(unsigned p) {
-  if ((p & kGroup) != 0) return p;
+  if ((p & (kGroup | kBudget)) != 0) return p;
   if ((p & kAdaptive) != 0) return kAdaptive | kGeneral;
   return p == 0 ? 0u : kGeneral;
 }
@@ -52,11 +54,19 @@ constexpr bool mask_is_valid(const RuleSpec& r, unsigned mask) {
   return true;
 }
 
+// Only a rule's first state may start from a group key (Coeffs fresh0).
+constexpr bool only_first_state_has_init(const RuleSpec& r) {
+  for (int q = 1; q < r.nstates; ++q) {
+    if (r.states[q].init[0] != '\0') return false;
+  }
+  return true;
+}
+
 template <class Rule>
 constexpr bool agrees_with_table() {
   const RuleSpec& r = kRules[Rule::kRule];
   return mask_is_valid(r, Rule::kMask) && popcount(Rule::kMask) == Rule::kStates &&
-         Rule::kHasDenom == r.has_denom && always_states(r) <= Rule::kStates;
+         Rule::kHasDenom == r.has_denom && always_states(r) <= Rule::kStates && only_first_state_has_init(r);
 }
 
 template <class... R>

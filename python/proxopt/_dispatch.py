@@ -46,7 +46,7 @@ from . import _native, reference
 from .checks import check_grad, label
 from .distributed import is_dtensor, local_tensor, sharded_group_prox_, split_group_prox
 from .hyper import HYPER_FIELDS, Hyper, hyper_values
-from .regularizers import group_dim_of
+from .regularizers import group_dim_of, has_budget, has_group_prox
 from .rules import RuleSpec, exported_rules
 
 
@@ -62,6 +62,7 @@ class StepArgs(NamedTuple):
     lrs: list[Tensor | None]
     grad_scale: Tensor | None
     found_inf: Tensor | None
+    budget: Tensor | None
     refusal: Tensor | None
     check_only: bool
 
@@ -127,6 +128,7 @@ class DeviceCall(NamedTuple):
     refusal: Tensor             # where the operator reports a tensor it does not take,
     report: Any                 # and a NumPy view of it (read without making a tensor)
     groups: list[dict]          # the param groups (where's first index), for messages
+    budget: Tensor | None       # (params, 8) float64: each parameter's budget statistics
 
 
 def _state_values(state: dict) -> list[Any]:
@@ -164,6 +166,7 @@ class Plan(NamedTuple):
     state_values: list[Any]      # and the tensors it held
     created: list[Tensor]        # parameters whose state this plan created (undone if its first step fails)
     dtensor_groups: list[bool]   # which param groups hold DTensors (FSDP2 shards)
+    group_budget: list[bool]     # which param groups have a sparsity budget (statistics kept)
 
     def matches(self, groups: list[dict], state: dict, keys: list[tuple[str, ...]]) -> bool:
         """Whether this plan still describes param groups ``groups`` with state
@@ -173,8 +176,11 @@ class Plan(NamedTuple):
         C = _native.C if _native.C is not None and not torch.compiler.is_compiling() else _PythonChecks
         if not C.same_items(groups, self.groups):
             return False
-        for group, params, k, gkeys, fused in zip(groups, self.group_params, keys, self.group_keys, self.group_fused):
+        for group, params, k, gkeys, fused, budget in zip(groups, self.group_params, keys, self.group_keys,
+                                                          self.group_fused, self.group_budget):
             if k != gkeys or _fused(group) != fused or not C.same_items(group["params"], params):
+                return False
+            if has_budget(group) != budget:
                 return False
         if not C.same_state_values(state, self.state_values):
             return False
@@ -296,7 +302,7 @@ def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple
     outside: list[Tensor] = []
     register: list[tuple[Tensor, dict]] = []
     for gi, group in enumerate(groups):
-        use_kernel = _fused(group) and _native.C is not None
+        use_kernel = _fused(group) and _native.C is not None and _kernel_budget(group)
         members: dict[tuple[torch.device, torch.dtype], list[int]] = {}
         for i, p in enumerate(group["params"]):
             local = local_tensor(p)
@@ -328,17 +334,89 @@ def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple
                 where.append((b.group, i))
             starts.append(len(params))
             columns += b.columns
-        layout = torch.tensor(starts + columns, dtype=torch.int64)
+        units, budget = _budget_rows(groups, state, where, params)
+        layout = torch.tensor(starts + columns + units, dtype=torch.int64)
         refusal = torch.zeros(2, dtype=torch.int64)
         device_calls.append(DeviceCall(
             device, buckets, owners, params, where, [b.state for b in buckets], [b.steps for b in buckets],
-            layout, any(is_dtensor(o) for o in owners), refusal, refusal.numpy(), groups,
+            layout, any(is_dtensor(o) for o in owners), refusal, refusal.numpy(), groups, budget,
         ))
     return Plan(
         device_calls, slow, outside, list(groups), [list(g["params"]) for g in groups], list(keys),
         [_fused(g) for g in groups], state, _state_values(state), created,
-        [any(map(is_dtensor, g["params"])) for g in groups],
+        [any(map(is_dtensor, g["params"])) for g in groups], [has_budget(g) for g in groups],
     )
+
+
+# ---- the sparsity budget's statistics ----------------------------------------------
+
+BUDGET_KEY = "sparsity_stats"  # the state key of a parameter's row of budget statistics
+
+
+def _kernel_budget(group: dict) -> bool:
+    """Whether the kernels can take a budgeted param group: CPU tensors, no
+    group prox, and (one budget over the group) every tensor on the kernel
+    path. Otherwise the whole group takes the reference path."""
+    if not has_budget(group):
+        return True
+    if has_group_prox(group) or any(is_dtensor(p) for p in group["params"]):
+        return False
+    locals_ = [local_tensor(p) for p in group["params"]]
+    if any(p.device.type != "cpu" for p in locals_):
+        return False
+    if group["sparsity_scope"] == "group":
+        return all(kernel_takes(p, q.grad) for p, q in zip(locals_, group["params"]))
+    return True
+
+
+def _units(groups: list[dict], where: list[tuple[int, int]]) -> list[int]:
+    """Each parameter's budget unit (the index of its unit's first parameter
+    in ``where``'s order; -1 without a budget)."""
+    first: dict[int, int] = {}
+    units = []
+    for j, (gi, _) in enumerate(where):
+        group = groups[gi]
+        if not has_budget(group):
+            units.append(-1)
+        elif group["sparsity_scope"] == "group":
+            units.append(first.setdefault(gi, j))
+        else:
+            units.append(j)
+    return units
+
+
+def _unit_rows(group: dict, members: list[Tensor], stats: list[Tensor | None]) -> list[list[float]]:
+    """The rows of one unit: its saved statistics when every member has them, else fresh ones."""
+    if all(torch.is_tensor(t) and t.numel() == len(reference.BUDGET_FIELDS) for t in stats):
+        return [t.detach().to("cpu", torch.float64).reshape(-1).tolist() for t in stats]
+    s = float(group["sparsity"])
+    return reference.budget_init(members, s)
+
+
+def _budget_rows(groups: list[dict], state: dict, where: list[tuple[int, int]],
+                 params: list[Tensor]) -> tuple[list[int], Tensor | None]:
+    """A call's budget units and its (params, 8) statistics tensor (None
+    without a budget); each budgeted parameter's state entry becomes a view
+    of its row."""
+    units = _units(groups, where)
+    if all(u < 0 for u in units):
+        return units, None
+    rows = torch.zeros((len(units), len(reference.BUDGET_FIELDS)), dtype=torch.float64)
+    members: dict[int, list[int]] = {}
+    for j, u in enumerate(units):
+        if u >= 0:
+            members.setdefault(u, []).append(j)
+    for head, idx in members.items():
+        gi = where[head][0]
+        owners = [groups[gi]["params"][where[j][1]] for j in idx]
+        stats = [state.get(o, {}).get(BUDGET_KEY) for o in owners]
+        for j, row in zip(idx, _unit_rows(groups[gi], [params[j] for j in idx], stats)):
+            rows[j] = torch.tensor(row, dtype=torch.float64)
+    for j, u in enumerate(units):
+        if u >= 0:
+            gi, i = where[j]
+            state[groups[gi]["params"][i]][BUDGET_KEY] = rows[j]
+    return units, rows
 
 
 # ---- one step ----------------------------------------------------------------------
@@ -427,7 +505,7 @@ def _call_args(call: DeviceCall, groups: list[dict], hypers: list[Hyper], grad_s
     # A traced step cannot branch on what the operator reports: there it raises.
     refusal = None if compiling else call.refusal
     return StepArgs(params, grads, call.states, call.steps, call.layout, hyper, lrs, grad_scale, found_inf,
-                    refusal, False)
+                    call.budget, refusal, False)
 
 
 def _run(spec: StepSpec, call: DeviceCall, args: StepArgs) -> bool:
@@ -463,6 +541,8 @@ class _SlowItem(NamedTuple):
     step: Tensor | None
     fresh: bool
     new_state: dict | None       # state created for this step, stored once it ran
+    fresh0: float                # what a reset first state holds
+    budget: Tensor | None        # its row of budget statistics (float64 CPU)
 
 
 def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -> list[_SlowItem]:
@@ -499,25 +579,79 @@ def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -
                         f"{label(group, i)}: its state {k!r} has shape {tuple(s.shape)}, the parameter "
                         f"{tuple(p.shape)}: was the parameter or its state replaced?"
                     )
-        out.append(_SlowItem(gi, p, g, states, step, fresh, new))
-    return out
+        fresh0 = rule.initial_value(keys[0], group) if keys else 0.0
+        out.append(_SlowItem(gi, p, g, states, step, fresh, new, fresh0, None))
+    return _with_budget_rows(groups, state, out)
+
+
+def _with_budget_rows(groups: list[dict], state: dict, items: list[_SlowItem]) -> list[_SlowItem]:
+    """The reference path's budget statistics: each budgeted item's row,
+    fresh ones (held back with its new state) for a unit that lacks them."""
+    units: dict[tuple[int, int], list[int]] = {}
+    for k, it in enumerate(items):
+        group = groups[it.group]
+        if has_budget(group):
+            units.setdefault((it.group, -1 if group["sparsity_scope"] == "group" else k), []).append(k)
+    items = list(items)
+    for (gi, _), idx in units.items():
+        stats = [state.get(items[k].param, {}).get(BUDGET_KEY) for k in idx]
+        rows = _unit_rows(groups[gi], [local_tensor(items[k].param) for k in idx], stats)
+        for k, row, old in zip(idx, rows, stats):
+            it = items[k]
+            if torch.is_tensor(old) and old.numel() == len(row) and old.dtype == torch.float64 and old.device.type == "cpu":
+                t = old.reshape(-1)
+                t.copy_(torch.tensor(row, dtype=torch.float64))
+            else:
+                t = torch.tensor(row, dtype=torch.float64)
+                new = dict(it.new_state or {})
+                new[BUDGET_KEY] = t
+                it = it._replace(new_state=new)
+            items[k] = it._replace(budget=t)
+    return items
 
 
 def _run_slow(groups: list[dict], state: dict, items: list[_SlowItem], hypers: list[Hyper], grad_scale,
               found_inf) -> None:
     if found_inf is not None and float(found_inf) != 0:
         return  # AMP overflow: nothing changes
-    for it in items:
+    probes = _plan_slow_budgets(groups, items, hypers)
+    for k, it in enumerate(items):
         h = hypers[it.group]
         lr = groups[it.group]["lr"]
         if isinstance(lr, Tensor):
             h = dataclasses.replace(h, lr=float(lr))
-        reference.step_tensor(
+        counts = reference.step_tensor(
             h, local_tensor(it.param), local_tensor(it.grad), [local_tensor(t) for t in it.states],
-            it.step, fresh=it.fresh, grad_scale=grad_scale,
+            it.step, fresh=it.fresh, grad_scale=grad_scale, budget=probes.get(k), fresh0=it.fresh0,
         )
+        if counts is not None:
+            it.budget[reference.LO:] = torch.tensor(counts, dtype=torch.float64)
         if it.new_state:
             state[it.param].update(it.new_state)
+
+
+def _plan_slow_budgets(groups: list[dict], items: list[_SlowItem], hypers: list[Hyper]) -> dict[int, tuple]:
+    """Each budgeted reference-path item's threshold and probes for this step,
+    planned per unit as the operator plans them (reference.budget_plan)."""
+    units: dict[tuple[int, int], list[int]] = {}
+    for k, it in enumerate(items):
+        if it.budget is not None and hypers[it.group].has_budget:
+            scope = groups[it.group]["sparsity_scope"]
+            units.setdefault((it.group, -1 if scope == "group" else k), []).append(k)
+    out = {}
+    for (gi, _), idx in units.items():
+        head = items[idx[0]].budget.tolist()
+        lo = mid = hi = 0.0
+        n = 0
+        for k in idx:
+            row = items[k].budget
+            lo, mid, hi = lo + float(row[reference.LO]), mid + float(row[reference.MID]), hi + float(row[reference.HI])
+            n += local_tensor(items[k].param).numel()
+        reference.budget_plan(head, lo, mid, hi, reference.budget_keep(hypers[gi].sparsity, n), n)
+        for k in idx:
+            items[k].budget[: reference.LO] = torch.tensor(head[: reference.LO], dtype=torch.float64)
+            out[k] = reference.budget_probes(head)
+    return out
 
 
 def _deferred_group_prox(groups: list[dict], state: dict, gi: int, h: Hyper) -> None:

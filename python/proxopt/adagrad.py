@@ -65,8 +65,8 @@ class Adagrad(ProxOptimizer):
                 state["sum"] = RULES[ADAGRAD].new_state(p, "sum", group)
 
     def _rule_hyper(self, group: dict) -> dict[str, Any]:
-        check_nonneg("initial_accumulator_value", group["initial_accumulator_value"])
         return dict(
+            initial_accumulator_value=check_nonneg("initial_accumulator_value", group["initial_accumulator_value"]),
             lr_decay=check_nonneg("lr_decay", group["lr_decay"]),
             weight_decay=check_nonneg("weight_decay", group["weight_decay"]),
             eps=check_nonneg("epsilon", group["eps"]),

@@ -11,7 +11,7 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .regularizers import group_dim_of, has_group_prox, has_prox
+from .regularizers import ACTING_DEFAULTS, group_dim_of, has_group_prox, has_prox
 
 
 def label(group: dict, i: int) -> str:
@@ -65,7 +65,7 @@ def check_not_complex(group: dict, i: int, p: Tensor) -> None:
     if p.is_complex():
         raise ValueError(
             f"{label(group, i)} is complex: proximal regularizers are not defined for complex "
-            "parameters (l1, l2, l0, bounds, group_lasso, max_norm); put it in a param group without them"
+            f"parameters ({', '.join(ACTING_DEFAULTS)}); put it in a param group without them"
         )
 
 

@@ -22,6 +22,7 @@ SGD, ADAM, ADAGRAD, RMSPROP = 0, 1, 2, 3
 RULE_FIELDS: tuple[tuple[str, object], ...] = (
     ("rule", SGD), ("lr", 0.0), ("beta1", 0.0), ("beta2", 0.0), ("eps", 0.0), ("weight_decay", 0.0),
     ("momentum", 0.0), ("dampening", 0.0), ("alpha", 0.0), ("lr_decay", 0.0),
+    ("initial_accumulator_value", 0.0),
     ("maximize", False), ("decoupled_weight_decay", False), ("amsgrad", False), ("nesterov", False),
     ("centered", False),
 )
@@ -29,6 +30,10 @@ RULE_FIELDS: tuple[tuple[str, object], ...] = (
 
 def _has_group(self) -> bool:
     return self.group_lasso != 0 or self.max_norm != 0
+
+
+def _has_budget(self) -> bool:
+    return self.sparsity != 0
 
 
 def _has_bounds(self) -> bool:
@@ -40,7 +45,8 @@ def _has_bounds(self) -> bool:
 Hyper = dataclasses.make_dataclass(
     "Hyper",
     [(name, type(default), dataclasses.field(default=default)) for name, default in RULE_FIELDS + REGULARIZER_FIELDS],
-    namespace={"has_group": property(_has_group), "has_bounds": property(_has_bounds)},
+    namespace={"has_group": property(_has_group), "has_bounds": property(_has_bounds),
+               "has_budget": property(_has_budget)},
 )
 Hyper.__module__ = __name__
 

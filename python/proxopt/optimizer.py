@@ -30,6 +30,8 @@ from .regularizers import (
     split_regularizers,
     validate_regularizers,
 )
+from .reference import BUDGET_FIELDS, budget_select_
+from .regularizers import fraction
 from .rules import RULES
 
 
@@ -75,6 +77,7 @@ class ProxOptimizer(Optimizer):
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self._plan = None
         self._hypers: dict[int, _Validated] = {}  # id(group) -> what it was last validated with
+        self._healed: dict[int, bool] = {}  # id(group) -> its heal value at the last step
         regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers)
         super().__init__(params, {**defaults, **regs})
 
@@ -147,6 +150,7 @@ class ProxOptimizer(Optimizer):
         super().__setstate__(state)
         self._plan = None
         self._hypers = {}
+        self._healed = {}
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -155,8 +159,24 @@ class ProxOptimizer(Optimizer):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._check_loadable(state_dict)
+        # torch casts every state tensor to its parameter's dtype: the budget's
+        # statistics (counts and thresholds, float64) are set aside and kept exact.
+        key = _dispatch.BUDGET_KEY
+        saved = state_dict["state"]
+        stats = {pid: st[key] for pid, st in saved.items() if isinstance(st, dict) and key in st}
+        if stats:
+            state_dict = {**state_dict,
+                          "state": {pid: ({k: v for k, v in st.items() if k != key} if pid in stats else st)
+                                    for pid, st in saved.items()}}
         super().load_state_dict(state_dict)
+        if stats:
+            ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+            params = [p for g in self.param_groups for p in g["params"]]
+            for pid, p in zip(ids, params):
+                if pid in stats:
+                    self.state[p][key] = torch.as_tensor(stats[pid]).detach().to("cpu", torch.float64).clone()
         self._plan = None  # the state is new tensors: the next step copies them into its buffers
+        self._healed = {}
 
     def _check_loadable(self, state_dict: dict) -> None:
         """Reject a state_dict from another optimizer type, or with missing or
@@ -189,7 +209,11 @@ class ProxOptimizer(Optimizer):
                 st = state_dict["state"].get(pid)
                 if not st:
                     continue
-                foreign = sorted(set(st) - rule.all_state_keys)
+                budget = st.get(_dispatch.BUDGET_KEY)
+                if budget is not None and not (torch.is_tensor(budget) and budget.numel() == len(BUDGET_FIELDS)):
+                    raise ValueError(f"state_dict entry {_dispatch.BUDGET_KEY!r} of parameter {pid} must be a "
+                                     f"tensor of {len(BUDGET_FIELDS)} values")
+                foreign = sorted(set(st) - rule.all_state_keys - {_dispatch.BUDGET_KEY})
                 if foreign:
                     raise ValueError(
                         f"state_dict entry for parameter {pid} has {foreign}, which {name} does not keep: "
@@ -242,6 +266,8 @@ class ProxOptimizer(Optimizer):
                 # guards watch every object it compares (a replaced state retraces).
                 raise RuntimeError("proxopt: the plan built for torch.compile does not describe the optimizer")  # pragma: no cover
             hypers = [self._hyper(group) for group in groups]
+            if not torch.compiler.is_compiling():
+                self._freeze_on_heal(groups, hypers)
             plan = self._plan
             try:
                 self._plan, done = _dispatch.step(self._spec, plan, groups, self.state, hypers, grad_scale, found_inf)
@@ -254,6 +280,29 @@ class ProxOptimizer(Optimizer):
             # The operator refused a tensor that stopped being one the kernels
             # take, and wrote nothing: sort again (it goes to the reference path).
         raise RuntimeError("proxopt: the operator refused a tensor twice")  # pragma: no cover - the new plan routes it away
+
+    def _freeze_on_heal(self, groups: list[dict], hypers: list[Hyper]) -> None:
+        """Where a budgeted param group turns ``heal`` on, the support is
+        frozen at exactly its target: the one exact selection of the budget
+        (reference.budget_select_, ties to the earlier weight), with the
+        states of the weights it zeroes reset, before the step."""
+        for group, h in zip(groups, hypers):
+            was = self._healed.get(id(group))
+            self._healed[id(group)] = bool(h.heal)
+            if not h.heal or was is not False or not _dispatch.has_budget(group):
+                continue
+            s = fraction("sparsity", group["sparsity"])
+            units = [group["params"]] if group["sparsity_scope"] == "group" else [[p] for p in group["params"]]
+            rule = RULES[self._rule]
+            for unit in units:
+                masks = budget_select_([_dispatch.local_tensor(p) for p in unit], s)
+                for p, mask in zip(unit, masks):
+                    st = self.state.get(p) or {}
+                    for q, key in enumerate(rule.state_keys(h)):
+                        if key in st:
+                            real = _dispatch.local_tensor(st[key])
+                            real = torch.view_as_real(real) if real.is_complex() else real
+                            real.masked_fill_(mask, rule.initial_value(key, group) if q == 0 else 0.0)
 
     def _state_keys(self) -> list[tuple[str, ...]]:
         """Each param group's state keys, in kernel order."""

@@ -11,8 +11,21 @@ operations:
 4. w ← w·(1 − lr·weight_decay) where weight decay is decoupled (AdamW);
 5. w ← w − step·d;
 6. the prox: L1 soft threshold or L0 hard threshold, then ridge, then the
-   group soft threshold, then the max-norm projection, then the clamp to
-   ``bounds``.
+   group soft threshold, then the max-norm projection, then the sparsity
+   budget's hard threshold, then the clamp to ``bounds``;
+7. the heal phase's frozen support (a weight that was 0 stays 0), and the
+   state reset: a weight left at exactly 0 gets fresh states (with a prox
+   that makes zeros and ``reset_state``, or in the heal phase). With a group
+   prox the reset looks at the weights before the group prox (the kernels
+   store the states before the group's norm is known); zeros that only the
+   group lasso made keep their states.
+
+The sparsity budget keeps the largest ``|w|`` of a *unit* (a tensor, or every
+budgeted tensor of a param group). Its threshold for a step is planned before
+the step from counts the previous step gathered at three probes (see
+:func:`budget_plan`), so no pass over the weights is spent on selecting;
+:func:`budget_select_` is the exact selection, run once where the support is
+frozen.
 
 Arithmetic runs in float32 for float16/bfloat16 tensors (float64 for
 float64), as torch's fused optimizers do; results are stored back once.
@@ -20,6 +33,7 @@ float64), as torch's fused optimizers do; results are stored back once.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -27,7 +41,7 @@ from torch import Tensor
 
 from .hyper import ADAGRAD, ADAM, RMSPROP, SGD, Hyper
 
-__all__ = ["Hyper", "step_tensor", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
+__all__ = ["Hyper", "step_tensor", "budget_keep", "budget_plan", "budget_init", "budget_select_", "BUDGET_FIELDS", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
            "project_bounds", "prox_elementwise", "group_tau", "group_factor", "finish_groups", "prox_group",
            "SGD", "ADAM", "ADAGRAD", "RMSPROP"]
 
@@ -145,6 +159,145 @@ def prox_group(h: Hyper, lr: float, w: Tensor) -> Tensor:
     return finish_groups(h, w3, norm, group_tau(h, lr, outer * inner)).reshape(shape)
 
 
+# ---- the sparsity budget -------------------------------------------------------
+# csrc/proxopt/math.h has the same functions (budget_keep, budget_plan): the
+# same double arithmetic in the same order, so both paths plan the same
+# thresholds.
+
+# One row of budget statistics per tensor (optimizer state "sparsity_stats", float64).
+BUDGET_FIELDS = ("thr", "center", "ratio", "drift", "aim", "lo", "mid", "hi")
+THR, CENTER, RATIO, DRIFT, AIM, LO, MID, HI = range(len(BUDGET_FIELDS))
+BUDGET_MIN_RATIO, BUDGET_MAX_RATIO = 1.2, 16.0
+# The aim keeps this fraction of n more than the budget: a weight left is cut
+# at the next step, one cut too many is not brought back.
+BUDGET_SLACK = 0.0002
+_INIT_RATIO = 1.5
+
+
+def budget_keep(s: float, n: int) -> int:
+    """How many of ``n`` weights a budget of sparsity ``s`` keeps: ``n − ⌈s·n⌉``
+    (at least a fraction s of zeros), ignoring the rounding error of ``s·n``."""
+    zeros = math.ceil(s * float(n) - 1e-6)
+    if zeros <= 0:
+        return n
+    if zeros >= n:
+        return 0
+    return n - int(zeros)
+
+
+def budget_plan(row: list[float], lo: float, mid: float, hi: float, keep: int, n: int) -> None:
+    """The threshold of this step, written into ``row`` (the unit's fields),
+    from the counts ``lo, mid, hi`` of ``|w| > c/R, c, c·R`` that the last step
+    gathered before it cut (summed over the unit) and the number of weights to
+    keep.
+
+    N(x) = #{|w| > x} is interpolated linearly in log x between the probes and
+    aimed at ``keep + 0.0002·n − D`` (``BUDGET_SLACK``). The drift D is how much N at the threshold moves
+    between the counting and the next step (survivors near the threshold
+    move, and those that fall below it are cut), learnt as the running mean
+    of what each step reached minus what it aimed at (bounded by 5 % of n).
+    Once a step has cut, only the survivors above c remain: the aim is capped
+    at them plus the drift (a weight cut is not brought back) and the
+    threshold moves along their density between c and c·R, at most one probe
+    down. More to cut than the probes see moves it one probe up and doubles
+    R (up to 16); an interpolated step narrows R to √R (down to 1.2)."""
+    c, r, drift = row[CENTER], row[RATIO], row[DRIFT]
+    cut = row[THR] > 0 and row[THR] == c
+    if cut and row[AIM] == row[AIM]:
+        bound = 0.05 * float(n)
+        drift = 0.5 * drift + 0.5 * (mid - row[AIM])
+        drift = bound if drift > bound else (-bound if drift < -bound else drift)
+    row[DRIFT] = drift
+    row[AIM] = math.nan
+    if keep <= 0:
+        row[THR] = math.inf
+        return
+    if keep >= n or lo < 0:  # nothing to prune, or fresh statistics (no counts yet: this step only counts)
+        row[THR] = -1.0
+        return
+    aim = float(keep) + BUDGET_SLACK * float(n) - drift
+    x = c
+    if not cut and aim > mid:
+        if aim > lo:
+            x = c / r
+            r = r * 2 if r * 2 < BUDGET_MAX_RATIO else BUDGET_MAX_RATIO
+        else:
+            x = (c / r) * math.pow(r, (lo - aim) / (lo - mid) if lo > mid else 1.0)
+            r = math.sqrt(r) if math.sqrt(r) > BUDGET_MIN_RATIO else BUDGET_MIN_RATIO
+            row[AIM] = aim
+    else:
+        if cut and aim > mid - drift:
+            aim = mid - drift
+        if aim < hi:
+            x = c * r
+            r = r * 2 if r * 2 < BUDGET_MAX_RATIO else BUDGET_MAX_RATIO
+        else:
+            f = (mid - aim) / (mid - hi) if mid > hi else 0.0
+            f = -1.0 if f < -1 else f
+            x = c * math.pow(r, f)
+            r = math.sqrt(r) if math.sqrt(r) > BUDGET_MIN_RATIO else BUDGET_MIN_RATIO
+            row[AIM] = aim
+    x = (x if x < 1e30 else 1e30) if x > 1e-30 else 1e-30
+    row[THR], row[CENTER], row[RATIO] = x, x, r
+
+
+def budget_probes(row: Tensor | list[float]) -> tuple[float, float, float, float]:
+    """The threshold and the three probes (c/R, c, c·R) a step applies and counts at."""
+    thr, c, r = float(row[THR]), float(row[CENTER]), float(row[RATIO])
+    return thr, c / r, c, c * r
+
+
+def _magnitudes(ws: list[Tensor]) -> Tensor:
+    """|w| of every weight of a unit, flat, in the math dtype (member order)."""
+    if not ws:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat([_math(w.detach()).abs().reshape(-1) for w in ws])
+
+
+def budget_init(ws: list[Tensor], s: float) -> list[list[float]]:
+    """Fresh statistics for a unit of weights ``ws`` (its members' rows): the
+    probes centred on the exact ``|w|`` quantile of sparsity s (at least 1 %,
+    at most 99 %: a ramp that starts at 0 finds its scale there), spaced
+    wide, and no counts (-1): the first step only counts, so the first cut is
+    planned from weights the rule has moved. One sort of the unit's ``|w|``,
+    when the statistics are created (or reloaded without them)."""
+    a = _magnitudes(ws)
+    n = a.numel()
+    center = 1.0
+    if n:
+        keep = budget_keep(min(max(s, 0.01), 0.99), n)
+        ordered = torch.sort(a.double(), descending=True).values
+        center = float(ordered[min(keep, n - 1)])
+        if not center > 0:
+            positive = ordered[ordered > 0]
+            center = float(positive[-1]) if positive.numel() else 1.0
+    return [[-1.0, center, _INIT_RATIO, 0.0, math.nan, -1.0, -1.0, -1.0] for _ in ws]
+
+
+def budget_select_(ws: list[Tensor], s: float) -> list[Tensor]:
+    """The exact projection onto the budget: keep the ``n − ⌈s·n⌉`` largest
+    ``|w|`` of the unit (ties: the earlier weight, in member order then
+    element order), set the rest to 0 in place. Returns each member's mask of
+    the weights it zeroed (for their states). O(n log n), once, where the
+    support is frozen."""
+    a = _magnitudes(ws)
+    n = a.numel()
+    keep = budget_keep(s, n)
+    order = torch.sort(a.double().neg(), stable=True).indices  # largest first, ties by position
+    dropped = torch.zeros(n, dtype=torch.bool)
+    dropped[order[keep:]] = True
+    dropped &= a != 0  # (already zero: nothing to do)
+    masks, start = [], 0
+    for w in ws:
+        k = w.numel() * (2 if w.is_complex() else 1)
+        mask = dropped[start:start + k].reshape(_math(w).shape).to(w.device)
+        start += k
+        real = torch.view_as_real(w) if w.is_complex() else w
+        real.masked_fill_(mask, 0)
+        masks.append(mask)
+    return masks
+
+
 # ---- update rules on math-precision tensors ------------------------------
 # Each moves w and the states in place and returns (w, denom, lr for the prox).
 
@@ -227,15 +380,22 @@ def step_tensor(
     *,
     fresh: bool = False,
     grad_scale: Tensor | None = None,
-) -> None:
+    budget: tuple[float, float, float, float] | None = None,
+    fresh0: float = 0.0,
+) -> tuple[int, int, int] | None:
     """One step of one tensor, in place: ``param``, ``states`` and ``step``.
 
     ``states`` are the rule's state tensors in kernel order (see the optimizer
     classes); ``step`` is the tensor step counter (None for SGD); ``fresh``
-    marks an SGD momentum buffer that has no value yet.
+    marks an SGD momentum buffer that has no value yet. With a sparsity
+    budget, ``budget`` is its threshold and probes (:func:`budget_probes`)
+    and the counts of ``|w|`` above the probes, before the budget acted, are
+    returned. ``fresh0`` is what a reset first state holds (Adagrad's
+    ``initial_accumulator_value``).
     """
     w, g = _math(param), _math(grad)
     s = [_math(t) for t in states]
+    w0 = w.clone() if h.heal else None
     t = 0.0
     if step is not None:
         step += 1
@@ -247,9 +407,32 @@ def step_tensor(
     if h.weight_decay != 0 and not h.decoupled_weight_decay:
         g = g.add(w, alpha=h.weight_decay)
     w, denom, lr = _RULES[h.rule](h, w, g, s, t, fresh)
-    w_new = prox_elementwise(h, lr, w, denom)
+    budgeted = h.sparsity != 0 and budget is not None
+    w_new = prox_elementwise(dataclasses.replace(h, lo=-math.inf, hi=math.inf) if budgeted else h, lr, w, denom)
+    resets = h.heal or (h.reset_state and bool(h.l1 or h.l0 or h.sparsity))
     if h.has_group:
-        w_new = prox_group(h, lr, w_new)
+        if h.heal:  # frozen before the group's norm is taken
+            w_new = torch.where(w0 == 0, torch.zeros_like(w_new), w_new)
+        zero = (w_new == 0) if resets else None  # the kernels reset before the group prox
+        w_new = prox_group(dataclasses.replace(h, lo=-math.inf, hi=math.inf) if budgeted else h, lr, w_new)
+    counts = None
+    if budgeted:
+        thr, *probes = (torch.tensor(v, dtype=torch.float64).to(w_new.dtype).item() for v in budget)
+        a = w_new.abs()
+        counts = tuple(int((a > p).sum()) for p in probes)
+        cut = a <= thr
+        w_new = torch.where(cut, torch.zeros_like(w_new), w_new)
+        if h.has_group and resets:
+            zero = zero | cut
+        if h.has_bounds:
+            w_new = project_bounds(w_new, h.lo, h.hi)
+    if not h.has_group:
+        if h.heal:
+            w_new = torch.where(w0 == 0, torch.zeros_like(w_new), w_new)
+        zero = (w_new == 0) if resets else None
+    if resets:
+        for q, st in enumerate(s):
+            st.masked_fill_(zero, fresh0 if q == 0 else 0.0)
     # Store results where the arithmetic did not run in place.
     real_param = torch.view_as_real(param) if param.is_complex() else param
     if w_new is not real_param:
@@ -258,3 +441,4 @@ def step_tensor(
         real = torch.view_as_real(dst) if dst.is_complex() else dst
         if src is not real:
             real.copy_(src)
+    return counts

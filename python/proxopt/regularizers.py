@@ -8,7 +8,7 @@ Each keyword can be given to the optimizer (the default for every param
 group) or overridden in one param group, exactly like ``lr``.
 
 In one step they act after the update, in this order: L1 or L0, ridge, group
-lasso, max-norm, bounds. ``τ = lr·λ`` with the current lr
+lasso, max-norm, the sparsity budget, bounds. ``τ = lr·λ`` with the current lr
 (``prox_metric="euclidean"``, the default), or ``τᵢ = lr·λ / dᵢ`` with
 ``dᵢ`` the optimizer's own per-element denominator (``"adaptive"``; Adam:
 ``√v̂ᵢ + ε``) for the elementwise proxes; group proxes always use the
@@ -28,6 +28,7 @@ import torch
 from .arguments import ARGUMENT_DOCS
 
 PROX_METRICS = ("euclidean", "adaptive")
+SPARSITY_SCOPES = ("tensor", "group")
 
 
 # ---- value checks (one message style: "Invalid <name> value: <value>") --------
@@ -84,6 +85,37 @@ def _metric(name: str, value: Any) -> str:
     if value not in PROX_METRICS:
         raise ValueError(f"Invalid {name} value: {value!r} (expected one of {PROX_METRICS})")
     return value
+
+
+def fraction(name: str, value: Any) -> float:
+    """A number in [0, 1]."""
+    v = _number(name, value)
+    if not 0.0 <= v <= 1.0:
+        raise ValueError(f"Invalid {name} value: {value} (a fraction of zeros: must lie in [0, 1])")
+    return v
+
+
+def _scope(name: str, value: Any) -> str:
+    if value not in SPARSITY_SCOPES:
+        raise ValueError(f"Invalid {name} value: {value!r} (expected one of {SPARSITY_SCOPES})")
+    return value
+
+
+def _optional_flag(name: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"Invalid {name} value: {value!r} (expected a bool or None)")
+    return value
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"Invalid {name} value: {value!r} (expected a bool)")
+    return value
+
+
+# What the heal phase turns off: the shrinking proxes and the budget (the
+# support is frozen instead); max_norm and bounds still act.
+HEAL_STOPS = ("l1", "l2", "l0", "group_lasso", "sparsity")
 
 
 def _max_norm(name: str, value: Any) -> float | None:
@@ -154,6 +186,29 @@ REGULARIZERS: tuple[Keyword, ...] = (
     Keyword("max_norm_dim", 0, integer, "int",
             "The dim whose slices ``max_norm`` bounds (the same as ``group_dim`` with both).", modifier=True,
             fields=()),  # (group_dim's field holds it)
+    Keyword("sparsity", 0.0, fraction, "float",
+            "s in [0, 1]: a budget, not a penalty: after the proxes and max-norm, keep the "
+            "``n − ⌈s·n⌉`` largest ``|w|`` of each tensor (or of the param group, "
+            "``sparsity_scope='group'``) and set the rest to exactly 0. The threshold comes from counts "
+            "the previous step gathered in its pass over the weights (no extra pass); see the docs for "
+            "its accuracy."),
+    Keyword("sparsity_scope", "tensor", _scope, "str",
+            "``'tensor'`` (a budget per tensor) or ``'group'`` (one budget over every tensor of the "
+            "param group: global magnitude pruning).", modifier=True, fields=()),
+    Keyword("reset_state", None, _optional_flag, "bool | None",
+            "Whether a weight the step leaves at exactly 0 gets the optimizer state of a fresh entry "
+            "(0; Adagrad's ``initial_accumulator_value``): True with ``l1``, ``l0`` or ``sparsity``; "
+            "False never; None (default) with ``sparsity`` only. (With Adam a reset entry's next "
+            "update is about 3·lr -- the bias correction of step t on one step's moments -- so reset "
+            "L1 zeros revive more often: measured, L1 through SparsityTarget then misses its "
+            "targets.) The heal phase always resets its frozen zeros.", modifier=True,
+            fields=(("reset_state", False),),
+            to_hyper=lambda v: (v["reset_state"] if v["reset_state"] is not None else bool(v["sparsity"]),)),
+    Keyword("heal", False, _flag, "bool",
+            "The heal phase: the support is frozen (a weight that is 0 stays exactly 0, with fresh "
+            "state) and the survivors train with no shrinkage: ``l1``, ``l2``, ``l0``, "
+            "``group_lasso`` and ``sparsity`` stop acting; ``max_norm`` and ``bounds`` still apply. "
+            "Turning it on with a budget first sets exactly ``n − ⌈s·n⌉`` weights nonzero."),
 )
 
 REGULARIZER_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS}
@@ -183,6 +238,16 @@ def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> 
             "prox_metric='adaptive' cannot be combined with group_lasso or max_norm: group proxes "
             "use the euclidean metric; use prox_metric='euclidean' or separate param groups"
         )
+    if v["sparsity"] and v["bounds"] is not None and not v["bounds"][0] <= 0.0 <= v["bounds"][1]:
+        raise ValueError(
+            f"sparsity={v['sparsity']} with bounds={v['bounds']}: the budget sets weights to 0, which "
+            "the box excludes; use bounds that hold 0"
+        )
+    if v["heal"] and v["bounds"] is not None and not v["bounds"][0] <= 0.0 <= v["bounds"][1]:
+        raise ValueError(
+            f"heal=True with bounds={v['bounds']}: the heal phase keeps zeros at 0, which the box "
+            "excludes; use bounds that hold 0"
+        )
     if v["prox_metric"] == "adaptive" and not adaptive_ok:
         raise ValueError(
             f"prox_metric='adaptive' is not defined for {optimizer}: it has no per-element "
@@ -200,6 +265,8 @@ def regularizer_hyper(v: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k in REGULARIZERS:
         out.update(zip((name for name, _ in k.hyper_fields), k.hyper_values(v)))
+    if v["heal"]:
+        out.update((name, 0.0) for name in HEAL_STOPS)
     return out
 
 
@@ -207,6 +274,12 @@ def has_prox(group: dict) -> bool:
     """True when the group asks for any proximal step or projection (a
     regularizing keyword off its default)."""
     return any(group[name] != default for name, default in ACTING_DEFAULTS.items())
+
+
+def has_budget(group: dict) -> bool:
+    """True when the group asks for a sparsity budget (its statistics are kept in the heal phase too)."""
+    s = group["sparsity"]
+    return bool(s != 0) if not isinstance(s, torch.Tensor) else True
 
 
 def has_group_prox(group: dict) -> bool:

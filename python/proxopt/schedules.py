@@ -40,7 +40,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["RegularizerScheduler", "linear_warmup", "cosine_ramp", "cubic_ramp"]
 
-SCHEDULABLE = ("l1", "l2", "l0", "group_lasso", "max_norm", "weight_decay")
+SCHEDULABLE = ("l1", "l2", "l0", "group_lasso", "max_norm", "weight_decay", "sparsity")
 
 
 class RegularizerScheduler(LRScheduler):
@@ -50,12 +50,20 @@ class RegularizerScheduler(LRScheduler):
     Args:
         optimizer: a proxopt optimizer (or any optimizer whose groups have ``key``).
         key: one of ``"l1"``, ``"l2"``, ``"l0"``, ``"group_lasso"``, ``"max_norm"``,
-            ``"weight_decay"``.
+            ``"weight_decay"``, ``"sparsity"`` (the budget: gradual magnitude pruning's
+            schedule is ``RegularizerScheduler(opt, "sparsity", cubic_ramp(n))`` with
+            ``sparsity=s`` given to the optimizer).
         schedule: a function of the step count (an int) returning a multiplier >= 0,
             or a list of such functions, one per param group.
         last_epoch: the index of the last step when resuming (-1: start). A value
             other than -1 needs ``initial_<key>`` in every param group (present in
             an optimizer state_dict saved while a scheduler of the same key ran).
+
+        heal_at: the step from which the scheduled param groups train in the heal
+            phase (``group["heal"] = True``: the support frozen, no shrinkage), or
+            ``"end"``: the schedule's own ``steps`` (``cubic_ramp``,
+            ``linear_warmup``, ``cosine_ramp``). None (the default for every key but
+            ``sparsity``, whose default is ``"end"``): never.
 
     Groups whose initial value is 0 (or None for ``max_norm``) stay unregularized.
     The multiplier must be finite and >= 0; for ``max_norm`` it must be > 0 (a
@@ -68,6 +76,7 @@ class RegularizerScheduler(LRScheduler):
         key: str,
         schedule: Callable[[int], float] | list[Callable[[int], float]],
         last_epoch: int = -1,
+        heal_at: int | str | None = "default",
     ) -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"{type(optimizer).__name__} is not an Optimizer")
@@ -88,6 +97,24 @@ class RegularizerScheduler(LRScheduler):
             self.schedules = [schedule] * n
         if not all(callable(f) for f in self.schedules):
             raise TypeError("schedule must be a callable (or a list of callables) of the step count")
+        defaulted = heal_at == "default"
+        if defaulted:
+            heal_at = "end" if key == "sparsity" else None
+        if heal_at == "end":
+            if all(isinstance(getattr(f, "steps", None), int) for f in self.schedules):
+                heal_at = max(getattr(f, "begin", 0) + f.steps for f in self.schedules)
+            elif defaulted:
+                heal_at = None  # a schedule with no end: no heal unless asked for
+            else:
+                raise ValueError("heal_at='end' needs schedules with an end (`steps`: cubic_ramp, linear_warmup, "
+                                 "cosine_ramp)")
+        if heal_at is not None and (isinstance(heal_at, bool) or not isinstance(heal_at, int) or heal_at < 0):
+            raise ValueError(f"Invalid heal_at value: {heal_at!r} (a step >= 0, 'end' or None)")
+        if heal_at is not None:
+            for i, group in enumerate(optimizer.param_groups):
+                if "heal" not in group:
+                    raise ValueError(f"param group {i} has no 'heal': heal_at needs a proxopt optimizer")
+        self.heal_at = heal_at
         if last_epoch == -1:
             for group in optimizer.param_groups:
                 group.setdefault(self.initial_key, group[key])
@@ -130,8 +157,10 @@ class RegularizerScheduler(LRScheduler):
         self._step_count += 1
         self.last_epoch = self.last_epoch + 1 if epoch is None else int(epoch)
         values = self.get_value()
-        for group, value in zip(self.optimizer.param_groups, values):
+        for group, base, value in zip(self.optimizer.param_groups, self.base_values, values):
             group[self.key] = value
+            if self.heal_at is not None and base and self.last_epoch >= self.heal_at:
+                group["heal"] = True
         self._last_value = values
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 

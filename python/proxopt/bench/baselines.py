@@ -95,6 +95,28 @@ def _loop_max_norm(ps: list[Tensor], c: float) -> None:
         rows.mul_((c / torch.linalg.vector_norm(rows, dim=1, keepdim=True)).clamp_max(1))
 
 
+def _loop_magnitude_prune(ps: list[Tensor], s: float) -> None:
+    """Magnitude pruning per tensor after the step, as torch.nn.utils.prune's
+    l1_unstructured selects: the ⌈s·n⌉ smallest |w| of each tensor become 0."""
+    for p in ps:
+        k = math.ceil(s * p.numel() - 1e-6)
+        if k > 0:
+            idx = torch.topk(p.abs().reshape(-1), k, largest=False).indices
+            p.view(-1)[idx] = 0
+
+
+def _global_magnitude_prune(ps: list[Tensor], s: float) -> None:
+    """Global magnitude pruning after the step (torch.nn.utils.prune.global_unstructured's
+    selection): the ⌈s·n⌉ smallest |w| over all tensors together become 0."""
+    flat = torch.cat([p.abs().reshape(-1) for p in ps])
+    k = math.ceil(s * flat.numel() - 1e-6)
+    if k <= 0:
+        return
+    thr = torch.kthvalue(flat, k).values
+    for p in ps:
+        p.mul_(p.abs() > thr)
+
+
 def prox_pass(reg: str, kw: dict, lr: float, style: str) -> ProxPass | None:
     """The proximal step as a Python pass over the parameters after the step:
     ``style`` is "for-loop" (ops per tensor) or "foreach" (torch._foreach_*).
@@ -113,6 +135,8 @@ def prox_pass(reg: str, kw: dict, lr: float, style: str) -> ProxPass | None:
         ("bounds", "foreach"): lambda ps: _foreach_clamp(ps, kw["bounds"]),
         ("group_lasso", "for-loop"): lambda ps: _loop_group_shrink(ps, lr * kw["group_lasso"]),
         ("max_norm", "for-loop"): lambda ps: _loop_max_norm(ps, kw["max_norm"]),
+        ("sparsity", "for-loop"): lambda ps: _loop_magnitude_prune(ps, kw["sparsity"]),
+        ("sparsity_global", "for-loop"): lambda ps: _global_magnitude_prune(ps, kw["sparsity"]),
     }
     fn = passes.get((reg, style))
     return None if fn is None else torch.no_grad()(fn)

@@ -62,9 +62,12 @@ REGULARIZERS = {
     "group_lasso": RegularizerSpec("group_lasso", {"group_lasso": 1e-4}),
     "group_lasso_dim1": RegularizerSpec("group_lasso_dim1", {"group_lasso": 1e-4, "group_dim": 1}),
     "max_norm": RegularizerSpec("max_norm", {"max_norm": 1.0}),
+    # the sparsity budget: 90 % zeros per tensor, or over all regularized tensors together
+    "sparsity": RegularizerSpec("sparsity", {"sparsity": 0.9}),
+    "sparsity_global": RegularizerSpec("sparsity_global", {"sparsity": 0.9, "sparsity_scope": "group"}),
 }
 
-DEFAULT_REGULARIZERS = ("l1", "l2", "group_lasso")
+DEFAULT_REGULARIZERS = ("l1", "l2", "group_lasso", "sparsity", "sparsity_global")
 
 
 def proxopt_accepts(opt: OptimizerSpec, kwargs: dict[str, Any], device: str = "cpu",
