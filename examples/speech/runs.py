@@ -32,6 +32,18 @@ run                       what
                           output channels by L2 norm, layer by layer, to a
                           fraction of channels (default target 0.5); the
                           output layer's rows are never pruned
+``budget-heal``           ``proxopt.AdamW(sparsity=s, sparsity_scope="group")``
+                          (the ``--optimizer``'s proxopt class): the budget
+                          follows the ``magnitude`` run's cubic ramp (same
+                          window, ``proxopt.schedules.RegularizerScheduler``
+                          with ``cubic_ramp``, every step rather than every
+                          Δt), then ``heal=True`` (support frozen, no
+                          shrinkage) from the end of the window to the end
+                          of training (default target 0.9)
+``l1-heal``               ``prox-l1`` steered by ``proxopt.SparsityTarget``
+                          to the end of the window, then the controller
+                          stops and ``heal=True`` freezes the support L1
+                          chose and trains the survivors unpenalized
 ========================  ===================================================
 
 Every run regularizes the same tensors: Conv/Linear weights, selected with
@@ -79,6 +91,7 @@ from torch import Tensor, nn
 import proxopt
 from proxopt.penalties import l1_penalty
 from proxopt.pruning import prune_zero_channels
+from proxopt.schedules import RegularizerScheduler, cubic_ramp
 
 from . import cli
 from .inference import compare_inference
@@ -177,6 +190,7 @@ class RunSpec:
     kind: str | None  # what a target is a fraction of (ZEROS / CHANNELS); None: takes no target
     default_target: float | None  # the target without a sweep (None: fixed λ)
     build: Callable[[nn.Module, "TrainConfig", Budget], Regime]
+    in_sweep: bool = True  # in a sweep without --runs (the others: name them in --runs)
 
 
 def pruning_schedule(cfg: TrainConfig, budget: Budget) -> CubicSchedule:
@@ -306,6 +320,69 @@ def _build_prox_group(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Reg
     return _controlled(opt, regularized, "group_lasso", cfg, budget, [[i] for i in range(len(layers))], followers)
 
 
+def _build_budget_heal(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
+    """The budget on the same tensors as every run, ramped on the magnitude
+    run's schedule (``s_t = s_f · cubic_ramp(end − start, begin=start)(t)``,
+    the same function as :meth:`CubicSchedule.sparsity`), healed from its end.
+
+    ``after_step(t)`` advances the scheduler to ``t``: the value for step
+    ``t + 1`` is set after step ``t``, as the magnitude pruner's masks after
+    step ``t`` act from step ``t + 1``; heal turns on for the steps after
+    ``end``, when the magnitude run's last event has pruned to ``s_f``."""
+    _, _, extra = OPTIMIZERS[cfg.optimizer]
+    schedule = pruning_schedule(cfg, budget)
+    groups = proxopt.param_groups(model, weight_decay=cfg.weight_decay, sparsity=budget.target, sparsity_scope="group")
+    opt, regularized = _prox_class(cfg)(groups, lr=cfg.lr, **extra), list(groups[0]["params"])
+    ramp = cubic_ramp(schedule.end - schedule.start, begin=schedule.start)
+    sched = RegularizerScheduler(opt, "sparsity", ramp, heal_at="end")
+    if sched.heal_at != schedule.end:
+        raise AssertionError(f"heal_at {sched.heal_at} != the magnitude schedule's end {schedule.end}")
+    healed_at: list[int] = []
+
+    def after_step(t: int) -> None:
+        sched.step()  # last_epoch = t: the budget (and heal) of step t + 1
+        if not healed_at and opt.param_groups[0]["heal"]:
+            healed_at.append(t + 1)
+
+    def finish() -> dict:
+        return {"budget": "proxopt sparsity (scope group) + RegularizerScheduler(cubic_ramp)", "final": budget.target,
+                "start": schedule.start, "end": schedule.end, "every": schedule.every, "events": schedule.events,
+                "heal_from_step": healed_at[0] if healed_at else None,
+                "last_value": [float(g["sparsity"]) for g in opt.param_groups],
+                "heal": [bool(g["heal"]) for g in opt.param_groups]}  # fmt: skip
+
+    return Regime(opt, regularized, after_step=after_step, finish=finish)
+
+
+def _build_l1_heal(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
+    """``prox-l1`` (steered to the target by the end of the window, or at its
+    fixed λ without one), then, from the end of the window, heal: the
+    controller stops and the support L1 chose is frozen, its survivors
+    trained unpenalized."""
+    regime = _build_prox_l1(model, cfg, budget)
+    opt = regime.optimizer
+    by_step = CubicSchedule.over(budget.target or 0.0, budget.total_steps, cfg.prune_window, cfg.prune_every).end
+    steer, control = regime.after_step, regime.finish
+    healed_at: list[int] = []
+
+    def after_step(t: int) -> None:
+        if healed_at:
+            return
+        if steer is not None:
+            steer(t)
+        if t >= by_step:  # after step by_step (the controller's last look): the support is frozen
+            for g in opt.param_groups:
+                if g["l1"] > 0:
+                    g["heal"] = True
+            healed_at.append(t + 1)
+
+    def finish() -> dict:
+        done = control() if control is not None else {"by_step": by_step}
+        return {**done, "heal_from_step": healed_at[0] if healed_at else None, "heal": [bool(g["heal"]) for g in opt.param_groups]}
+
+    return Regime(opt, regime.regularized, after_step=after_step, finish=finish)
+
+
 def _build_magnitude(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
     opt, regularized = _torch_optimizer(model, cfg)
     return _pruned(opt, regularized, GlobalMagnitudePruning(regularized_layers(model), pruning_schedule(cfg, budget)))
@@ -325,9 +402,12 @@ RUNS: dict[str, RunSpec] = {
         RunSpec("prox-group", "proxopt.{Opt}(group_lasso=λ)", CHANNELS, None, _build_prox_group),
         RunSpec("magnitude", "torch {opt} + global magnitude pruning", ZEROS, 0.9, _build_magnitude),
         RunSpec("magnitude-structured", "torch {opt} + L2 channel pruning", CHANNELS, 0.5, _build_magnitude_structured),
+        RunSpec("budget-heal", "proxopt.{Opt}(sparsity=s, group) cubic + heal", ZEROS, 0.9, _build_budget_heal, in_sweep=False),
+        RunSpec("l1-heal", "proxopt.{Opt}(l1=λ) + heal", ZEROS, None, _build_l1_heal, in_sweep=False),
     )
 }
 RUN_NAMES = tuple(RUNS)
+CONTROLLED = ("prox-l1", "prox-group", "l1-heal")  # the runs a proxopt.SparsityTarget steers (with a target)
 DEFAULT_RUNS = ("dense", "l1-loss", "prox-l1", "prox-group")  # without a sweep
 _ALIASES = {"penalty": "l1-loss", "l1": "prox-l1", "group": "prox-group", "group-lasso": "prox-group",
             "mag": "magnitude", "magnitude-channels": "magnitude-structured"}  # fmt: skip
@@ -340,10 +420,10 @@ def parse_runs(text: str) -> list[str]:
 def run_label(run: str, optimizer: str, prox_metric: str = "euclidean", target: float | None = None) -> str:
     cls = OPTIMIZERS[optimizer][1]
     label = RUNS[run].label.format(opt=cls, Opt=cls)
-    if run == "prox-l1" and prox_metric != "euclidean":
-        label = label[:-1] + f", {prox_metric})"
-    if target is not None and run.startswith("prox-"):
-        label += " + SparsityTarget"
+    if run in ("prox-l1", "l1-heal") and prox_metric != "euclidean":
+        label = label.replace("(l1=λ)", f"(l1=λ, {prox_metric})")
+    if target is not None and run in CONTROLLED:
+        label = label.replace(" + heal", "") + " + SparsityTarget" + (" + heal" if run == "l1-heal" else "")
     return label
 
 

@@ -13,6 +13,12 @@ per training seed of ``--seeds``:
   target fraction of channels, and ``magnitude-structured`` (gradual L2
   channel pruning).
 
+``budget-heal`` (proxopt's sparsity budget on the magnitude schedule, then
+heal) and ``l1-heal`` (``prox-l1`` then heal) also take ``--sparsity``
+targets, but only when named in ``--runs`` (they are not in the default
+sweep, whose timings are below), e.g.
+``--runs dense,magnitude,budget-heal,l1-heal``.
+
 Both members of a pair reach their target at the same step (the end of
 ``--prune-window``) and train the rest of the schedule at it; seeds, data
 order, learning-rate schedule and epochs are shared by every run (see
@@ -58,7 +64,7 @@ from typing import Any
 
 from .magnitude import check_fraction
 from .results import RunResult
-from .runs import CHANNELS, DEFAULT_RUNS, RUNS, TARGET_UNITS, ZEROS, Task, TrainConfig, run_label, train_run
+from .runs import CHANNELS, CONTROLLED, DEFAULT_RUNS, RUNS, TARGET_UNITS, ZEROS, Task, TrainConfig, run_label, train_run
 
 # the option that lists the targets of each kind
 TARGET_OPTIONS = {ZEROS: "--sparsity", CHANNELS: "--channel-sparsity"}
@@ -95,7 +101,7 @@ def plan(
         runs = list(runs or DEFAULT_RUNS)
         return [Point(r, RUNS[r].default_target, s) for s in seeds for r in runs]
     if runs is None:
-        runs = ["dense"] + [n for n, s in RUNS.items() if s.kind is not None and targets[s.kind]]
+        runs = ["dense"] + [n for n, s in RUNS.items() if s.kind is not None and s.in_sweep and targets[s.kind]]
     for r in runs:
         kind = RUNS[r].kind
         if r != "dense" and (kind is None or not targets[kind]):
@@ -204,7 +210,7 @@ def _gap_text(primary: str, gap: float) -> str:
 
 
 def _is_controlled(c: CurvePoint) -> bool:
-    return c.target is not None and c.run.startswith("prox-")
+    return c.target is not None and c.run in CONTROLLED
 
 
 # A method ahead at a target wins only if it is at least as sparse as the

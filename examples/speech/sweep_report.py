@@ -10,7 +10,7 @@ from typing import Any
 
 from .reports import Column, bars, pyplot, results_table, save_figure, write_reports
 from .results import RunResult
-from .runs import CHANNELS, RUNS, TARGET_UNITS, ZEROS, Task
+from .runs import CHANNELS, CONTROLLED, RUNS, TARGET_UNITS, ZEROS, Task
 from .sweep import curves, landed, report_lines, verdicts
 
 
@@ -38,7 +38,8 @@ def columns(primary: str) -> list[Column]:
 
 
 RUN_COLORS = {"dense": "#555555", "l1-loss": "#d95f02", "prox-l1": "#1b9e77", "prox-group": "#7570b3",
-              "magnitude": "#e7298a", "magnitude-structured": "#e6ab02"}  # fmt: skip
+              "magnitude": "#e7298a", "magnitude-structured": "#e6ab02",
+              "budget-heal": "#1f78b4", "l1-heal": "#66a61e"}  # fmt: skip
 
 
 def run_tag(r: RunResult) -> str:
@@ -75,7 +76,7 @@ def plot_curves(results: Sequence[RunResult], primary: str, path: Path, title: s
             y = [scale * c.metric.mean for c in cs]
             xerr = [[100 * (c.sparsity.mean - c.sparsity.lo) for c in cs], [100 * (c.sparsity.hi - c.sparsity.mean) for c in cs]]
             yerr = [[scale * (c.metric.mean - c.metric.lo) for c in cs], [scale * (c.metric.hi - c.metric.mean) for c in cs]]
-            label = run + (" (SparsityTarget)" if run.startswith("prox-") else "")
+            label = run + (" (SparsityTarget)" if run in CONTROLLED else "")
             ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", ms=6, capsize=4, lw=1.6, color=RUN_COLORS.get(run, "k"), label=label)
         for t in sorted({c.target for c in points if c.kind == kind and c.target is not None}):
             ax.axvline(100 * t, color="#999999", ls=":", lw=0.8)
