@@ -208,7 +208,8 @@ REGULARIZERS: tuple[Keyword, ...] = (
             "The heal phase: the support is frozen (a weight that is 0 stays exactly 0, with fresh "
             "state) and the survivors train with no shrinkage: ``l1``, ``l2``, ``l0``, "
             "``group_lasso`` and ``sparsity`` stop acting; ``max_norm`` and ``bounds`` still apply. "
-            "Turning it on with a budget first sets exactly ``n − ⌈s·n⌉`` weights nonzero."),
+            "Turning it on with a budget first keeps exactly the ``n − ⌈s·n⌉`` largest weights (fewer when "
+            "the budget had already cut more: a weight cut is not brought back)."),
 )
 
 REGULARIZER_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS}
