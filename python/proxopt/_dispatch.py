@@ -584,16 +584,23 @@ def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -
     return _with_budget_rows(groups, state, out)
 
 
+def _slow_units(groups: list[dict], items: list[_SlowItem], budgeted) -> dict[tuple[int, int], list[int]]:
+    """The reference path's budget units: the indices into ``items`` of each
+    unit (every budgeted item of a param group with the group scope, else
+    each item alone), for the items ``budgeted(item)`` selects."""
+    units: dict[tuple[int, int], list[int]] = {}
+    for k, it in enumerate(items):
+        if budgeted(it):
+            whole = groups[it.group]["sparsity_scope"] == "group"
+            units.setdefault((it.group, -1 if whole else k), []).append(k)
+    return units
+
+
 def _with_budget_rows(groups: list[dict], state: dict, items: list[_SlowItem]) -> list[_SlowItem]:
     """The reference path's budget statistics: each budgeted item's row,
     fresh ones (held back with its new state) for a unit that lacks them."""
-    units: dict[tuple[int, int], list[int]] = {}
-    for k, it in enumerate(items):
-        group = groups[it.group]
-        if has_budget(group):
-            units.setdefault((it.group, -1 if group["sparsity_scope"] == "group" else k), []).append(k)
     items = list(items)
-    for (gi, _), idx in units.items():
+    for (gi, _), idx in _slow_units(groups, items, lambda it: has_budget(groups[it.group])).items():
         stats = [state.get(items[k].param, {}).get(BUDGET_KEY) for k in idx]
         rows = _unit_rows(groups[gi], [local_tensor(items[k].param) for k in idx], stats)
         for k, row, old in zip(idx, rows, stats):
@@ -633,12 +640,8 @@ def _run_slow(groups: list[dict], state: dict, items: list[_SlowItem], hypers: l
 def _plan_slow_budgets(groups: list[dict], items: list[_SlowItem], hypers: list[Hyper]) -> dict[int, tuple]:
     """Each budgeted reference-path item's threshold and probes for this step,
     planned per unit as the operator plans them (reference.budget_plan)."""
-    units: dict[tuple[int, int], list[int]] = {}
-    for k, it in enumerate(items):
-        if it.budget is not None and hypers[it.group].has_budget:
-            scope = groups[it.group]["sparsity_scope"]
-            units.setdefault((it.group, -1 if scope == "group" else k), []).append(k)
     out = {}
+    units = _slow_units(groups, items, lambda it: it.budget is not None and hypers[it.group].has_budget)
     for (gi, _), idx in units.items():
         head = items[idx[0]].budget.tolist()
         lo = mid = hi = 0.0
