@@ -334,9 +334,9 @@ def test_one_sided_infinite_bounds_constrain_one_side():
 
 
 @pytest.mark.parametrize("betas,match", [
-    ((0.9,), r"Invalid betas value: \(0\.9,\) \(expected a pair"),
-    ((0.9, 0.99, 0.999), r"Invalid betas value"),
-    ((torch.tensor(0.9), 0.999), "betas must be either both floats or both Tensors"),
+    ((0.9,), r"^Invalid betas value: \(0\.9,\) \(expected a pair \(beta1, beta2\)\)$"),
+    ((0.9, 0.99, 0.999), r"^Invalid betas value: \(0\.9, 0\.99, 0\.999\) \(expected a pair \(beta1, beta2\)\)$"),
+    ((torch.tensor(0.9), 0.999), "^betas must be either both floats or both Tensors$"),
 ])
 def test_malformed_betas_are_a_value_error(betas, match):
     with pytest.raises(ValueError, match=match):
