@@ -59,7 +59,7 @@ def _zero_rows(w: torch.Tensor) -> int:
 
 def _no_reparametrization(model: nn.Module) -> None:
     names = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
-    assert not [n for n in names if n.endswith("_orig") or n.endswith("_mask")]
+    assert not [n for n in names if n.endswith(("_orig", "_mask"))]
     assert all(len(m._forward_pre_hooks) == 0 for m in model.modules())
 
 
