@@ -157,9 +157,9 @@ def test_half_precision_tracks_float32(dtype, cls, regs):
         (dict(group_lasso=0.1, group_dim=2), r"^Invalid group_dim value: 2 for parameter 0 of its param group of shape \(4, 5\)$"),
         (dict(max_norm=0.0), r"^Invalid max_norm value: 0\.0 \(must be > 0 and finite, or None\)$"),
         (dict(max_norm=-1.0), r"^Invalid max_norm value: -1\.0 \(must be > 0 and finite, or None\)$"),
-        (dict(group_lasso=0.1, prox_metric="adaptive"), r"^prox_metric='adaptive' cannot be combined with group_lasso or max_norm"),
+        (dict(group_lasso=0.1, prox_metric="adaptive"), r"^prox_metric='adaptive' cannot be combined with group_lasso, channel_sparsity or max_norm"),
         (dict(group_lasso=-0.1), r"^Invalid group_lasso value: -0\.1$"),
-        (dict(group_lasso=0.1, max_norm=1.0, max_norm_dim=1), r"^group_dim=0 and max_norm_dim=1 differ: group_lasso and max_norm together must act on the same groups$"),
+        (dict(group_lasso=0.1, max_norm=1.0, max_norm_dim=1), r"^group_dim=0 and max_norm_dim=1 differ: group_lasso or channel_sparsity and max_norm together must act on the same groups$"),
     ],
 )
 def test_bad_group_arguments(kw, match):
@@ -168,7 +168,7 @@ def test_bad_group_arguments(kw, match):
         proxopt.AdamW([w], **kw)
 
 
-_ONE_DIM = r"^parameter {} of its param group has 1 dimension\(s\): group_lasso/max_norm need a weight matrix or conv kernel"
+_ONE_DIM = r"^parameter {} of its param group has 1 dimension\(s\): group_lasso/max_norm/channel_sparsity need a weight matrix or conv kernel"
 
 
 def test_group_regularizer_on_1d_tensor_rejected_and_nothing_changes():

@@ -144,7 +144,7 @@ SABOTAGE = [
     (_bad_lr_set_on_a_group, ValueError, r"^Invalid learning rate: -1\.0$", None),
     (_string_l1_set_on_a_group, TypeError, r"^Invalid l1 value: '1e-3' \(a str; expected a number\)$", None),
     (_group_lasso_on_a_vector, ValueError,
-     r"^parameter 1 of its param group: group_lasso/max_norm need at least 2 dimensions and group_dim in range, "
+     r"^parameter 1 of its param group: group_lasso/max_norm/channel_sparsity need at least 2 dimensions and group_dim in range, "
      r"got shape \(7,\) and group_dim 0$", None),
     (_param_data_of_another_size, ValueError, r"^parameter 0 of its param group: .*\(8, 5\)", _REPLACED_BY_ANOTHER_SIZE),
 ]

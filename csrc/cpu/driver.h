@@ -25,6 +25,9 @@ struct TensorTask {
   int64_t outer = 1, groups = 1, inner = 1;
   // With a sparsity budget: its threshold and probes c/R, c, c*R (else null).
   const double* budget = nullptr;
+  // With a channel budget: each group's slot (its row's tail: the plan's
+  // decision in, the norm after the group lasso out; else null).
+  double* group_norms = nullptr;
 };
 
 // A kernel runs one chunk of one tensor: elements [begin, end) for a plain

@@ -306,6 +306,44 @@ void store_scaled(T* __restrict w, const math_t<T>* __restrict x, int64_t n, con
   }
 }
 
+// The factors of groups [q0, q0 + n) from their sums of squares (with the
+// tensor's channel budget, if any: each group's decision is read from its
+// slot in the tensor's row, and its norm written there).
+template <class T>
+void group_factors(const TensorTask& t, int64_t q0, int64_t n, const double* sums, double tau,
+                   const Coeffs<math_t<T>>& k, math_t<T>* factor) {
+  using M = math_t<T>;
+  if (t.group_norms == nullptr) {
+    for (int64_t j = 0; j < n; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k);
+  } else {
+    for (int64_t j = 0; j < n; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k, t.group_norms + q0 + j);
+  }
+}
+
+// Groups [q0, q0 + n) that their factor zeroed get fresh states when the
+// reset is on: the states were stored before the group's norm was known.
+// Called after the last store of the states (16-bit paths step twice).
+template <class Rule, class T>
+void reset_zeroed_groups(const TensorTask& t, int64_t q0, int64_t n, const math_t<T>* factor,
+                         const Coeffs<math_t<T>>& k) {
+  using M = math_t<T>;
+  if constexpr (Rule::kStates > 0) {
+    if (k.reset == 0) return;
+    auto as_t = [](M v) {
+      if constexpr (std::is_same_v<T, M>) return v; else return store_as(v, static_cast<T*>(nullptr));
+    };
+    const T fresh[3] = {as_t(k.fresh0), as_t(M(0)), as_t(M(0))};
+    const int64_t G = t.groups, I = t.inner;
+    for (int64_t j = 0; j < n; ++j) {
+      if (factor[j] != M(0)) continue;
+      for (int q = 0; q < Rule::kStates; ++q) {
+        T* st = static_cast<T*>(t.s[q]);
+        for (int64_t o = 0; o < t.outer; ++o) std::fill_n(st + (o * G + q0 + j) * I, I, fresh[q]);
+      }
+    }
+  }
+}
+
 // A block of whole groups that fits the scratch: one visit. Each run of
 // consecutive elements (one outer index: groups q0..q1, inner each) is
 // stepped into the scratch while the squares go to their group's sum; the
@@ -338,7 +376,8 @@ void run_group_block(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<m
     }
   }
   factor.resize(size_t(nq));
-  for (int64_t j = 0; j < nq; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k);
+  group_factors<T>(t, q0, nq, sums.data(), tau, k, factor.data());
+  reset_zeroed_groups<Rule, T>(t, q0, nq, factor.data(), k);
   for (int64_t o = 0; o < t.outer; ++o) {
     T* w = static_cast<T*>(t.w) + (o * G + q0) * I;
     const M* x = scratch.data() + o * run;
@@ -382,7 +421,7 @@ void run_column_panel(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<
     }
   }
   factor.resize(size_t(nq));
-  for (int64_t j = 0; j < nq; ++j) factor[j] = group_factor<M>(std::sqrt(sums[j]), tau, k);
+  group_factors<T>(t, q0, nq, sums.data(), tau, k, factor.data());
   // Last rows first: they are the ones still in cache from the first pass.
   for (int64_t o = t.outer - 1; o >= 0; --o) {
     const auto p = ptrs_at<Rule, T>(t, o * G + q0);
@@ -396,6 +435,7 @@ void run_column_panel(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<
       store_scaled(p.w, run.data(), nq, factor.data(), 1, k);
     }
   }
+  reset_zeroed_groups<Rule, T>(t, q0, nq, factor.data(), k);
 }
 
 // One group too large for the scratch, in two passes over its runs.
@@ -420,30 +460,34 @@ void run_big_group(const TensorTask& t, int64_t q, const Coeffs<math_t<T>>& k, d
       step_range<Rule, P, Out::kStore>(p.w, p.g, p.s, n, k, nullptr);
       sumsq += sum_squares(p.w, n);
     });
-    const M f = group_factor<M>(std::sqrt(sumsq), tau, k);
+    M f;
+    group_factors<T>(t, q, 1, &sumsq, tau, k, &f);
     const Coeffs<M> kl = k;  // see step_range
     for_runs([&](int64_t off, int64_t n) {
       T* w = static_cast<T*>(t.w) + off;
 #pragma GCC ivdep
       for (int64_t j = 0; j < n; ++j) w[j] = finish_group(w[j], f, kl);
     });
+    reset_zeroed_groups<Rule, T>(t, q, 1, &f, k);
   } else {
     for_runs([&](int64_t off, int64_t n) {
       const auto p = ptrs_at<Rule, T>(t, off);
       step_range<Rule, P, Out::kDry>(p.w, p.g, p.s, n, k, tile.data());
       sumsq += sum_squares(tile.data(), n);
     });
-    const M f = group_factor<M>(std::sqrt(sumsq), tau, k);
+    M f;
+    group_factors<T>(t, q, 1, &sumsq, tau, k, &f);
     for_runs([&](int64_t off, int64_t n) {
       const auto p = ptrs_at<Rule, T>(t, off);
       step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, n, k, tile.data());
       store_scaled(p.w, tile.data(), n, &f, 0, k);
     });
+    reset_zeroed_groups<Rule, T>(t, q, 1, &f, k);
   }
 }
 
 template <class Rule, unsigned P, class T>
-void run_groups(const TensorTask& t, int64_t q0, int64_t q1, BudgetCounts* /*counts: no budget with groups*/) {
+void run_groups(const TensorTask& t, int64_t q0, int64_t q1, BudgetCounts* /*counts: the channel budget writes norms*/) {
   const auto k = coeffs_of<T>(t);
   const int64_t group_size = t.outer * t.inner;
   const double tau = group_tau(t.coeffs->group_lambda, group_size);

@@ -187,13 +187,15 @@ inline Call check_tensors(const Args& a, Backend backend) {
   const int64_t* column = lay + nb + 1;
   const int64_t* unit = column + n;
   double* budget_rows = nullptr;
+  int64_t budget_width = 0;  // kBudgetFields, then room for the group norms of a channel budget
   if (const Ref bt = a.budget[0]) {
     if (bt.device_type() != cd.cpu || bt.dtype() != cd.f64 || !bt.contiguous() || bt.dim() != 2 ||
-        bt.sizes()[0] != n || bt.sizes()[1] != kBudgetFields) {
-      fail("budget must be a contiguous CPU float64 (params, " + std::to_string(int(kBudgetFields)) +
+        bt.sizes()[0] != n || bt.sizes()[1] < kBudgetFields) {
+      fail("budget must be a contiguous CPU float64 (params, >= " + std::to_string(int(kBudgetFields)) +
            ") tensor, got " + shape_of(bt) + " " + dtype_name(bt.dtype()) + " on " + where(bt));
     }
     budget_rows = static_cast<double*>(bt.data());
+    budget_width = bt.sizes()[1];
   }
   if (lay[0] != 0 || lay[nb] != n) fail("layout's bucket starts must run from 0 to the number of params");
 
@@ -246,9 +248,12 @@ inline Call check_tensors(const Args& a, Backend backend) {
     const bool grouped = bk.h.has_group();
     if (bk.dtype->reals == 2 && (grouped || bk.h.has_elementwise_prox() || bk.h.heal != 0)) {
       fail_tensor(bk.first, "is complex: proximal regularizers are not defined for complex parameters (l1, l2, "
-                            "l0, bounds, group_lasso, max_norm, sparsity, heal); put it in a param group without them");
+                            "l0, bounds, group_lasso, max_norm, sparsity, channel_sparsity, heal); put it in a param group without them");
     }
-    if (bk.h.sparsity != 0 && budget_rows == nullptr) fail(bname + " has a sparsity budget: budget is required");
+    if (bk.h.budget() != 0 && budget_rows == nullptr) fail(bname + " has a sparsity budget: budget is required");
+    if (bk.h.budget() != 0 && backend != Backend::kCpu) {
+      fail(bname + " has a sparsity budget, which has no CUDA kernel yet (proxopt steps it on the reference path)");
+    }
     int64_t prev_end = 0;
     for (int64_t i = bk.first; i < bk.last; ++i) {
       const Ref p = a.params[size_t(i)];
@@ -261,16 +266,18 @@ inline Call check_tensors(const Args& a, Backend backend) {
       if (p.layout() != cd.strided || !p.contiguous()) reroute(i, Refusal::param_not_contiguous, "the parameter is not contiguous");
       it.numel = p.numel() * bk.dtype->reals;
       it.column = column[i];
-      if (bk.h.sparsity != 0) {
+      if (bk.h.budget() != 0) {
         // A unit starts at its first parameter, in the same or an earlier
-        // bucket of the same sparsity.
+        // bucket of the same sparsity; a channel budget's unit is its tensor.
         const int64_t u = unit[i];
-        if (u < 0 || u > i || unit[u] != u || c.buckets[size_t(c.items[size_t(u)].bucket)].h.sparsity != bk.h.sparsity) {
+        const Hyper& hu = c.buckets[size_t(c.items[size_t(u < 0 || u > i ? i : u)].bucket)].h;
+        if (u < 0 || u > i || unit[u] != u || hu.sparsity != bk.h.sparsity ||
+            hu.channel_sparsity != bk.h.channel_sparsity || (bk.h.channel_sparsity != 0 && u != i)) {
           fail_tensor(i, "its budget unit " + std::to_string(u) + " in layout is not a parameter of the same "
-                         "sparsity at or before it");
+                         "sparsity at or before it (with channel_sparsity: itself)");
         }
         it.unit = u;
-        it.budget = budget_rows + i * kBudgetFields;
+        it.budget = budget_rows + i * budget_width;
       }  // (without a budget this step -- sparsity 0, or the heal phase -- its unit is ignored)
       if (bk.nstates > 0 && (it.column < prev_end || it.column + it.numel > bk.cols || it.column % kStateAlign != 0)) {
         fail_tensor(i, "its state columns [" + std::to_string(it.column) + ", " +
@@ -285,7 +292,7 @@ inline Call check_tensors(const Args& a, Backend backend) {
       if (grouped) {
         const int64_t dim0 = int64_t(bk.h.group_dim);
         if (nd < 2 || dim0 < -nd || dim0 >= nd) {
-          fail_tensor(i, "group_lasso/max_norm need at least 2 dimensions and group_dim in range, got shape " +
+          fail_tensor(i, "group_lasso/max_norm/channel_sparsity need at least 2 dimensions and group_dim in range, got shape " +
                              shape_of(p) + " and group_dim " + std::to_string(dim0));
         }
         const int64_t dim = dim0 < 0 ? dim0 + nd : dim0;
@@ -294,6 +301,10 @@ inline Call check_tensors(const Args& a, Backend backend) {
           if (d < dim) it.outer *= psizes[d];
           else if (d == dim) it.groups = psizes[d];
           else it.inner *= psizes[d];
+        }
+        if (bk.h.channel_sparsity != 0 && budget_width < kBudgetFields + it.groups) {
+          fail_tensor(i, "has " + std::to_string(it.groups) + " groups: its channel budget needs budget rows of " +
+                             std::to_string(kBudgetFields + it.groups) + " values, got " + std::to_string(budget_width));
         }
       }
       const Ref g = a.grads[size_t(i)];

@@ -120,14 +120,26 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
   // The sparsity budget: each unit's threshold for this step, from the
   // counts its members gathered at the last one (math.h budget_plan), and
   // the probes this step counts at. O(units) work, no pass over the weights.
+  // A channel budget ranks the group norms its tensor wrote at the last
+  // step (math.h channel_budget_plan): O(groups log groups).
   std::vector<std::array<double, 4>> probes(c.items.size());
   std::vector<std::vector<size_t>> members(c.items.size());
   for (size_t j = 0; j < c.items.size(); ++j) {
     if (c.items[j].unit >= 0) members[size_t(c.items[j].unit)].push_back(j);
   }
+  std::vector<int64_t> order;
   for (size_t i = 0; i < c.items.size(); ++i) {
     if (members[i].empty()) continue;
     const Item& head = c.items[i];
+    if (c.buckets[size_t(head.bucket)].h.channel_sparsity != 0) {  // a unit of one tensor: a ranking of its groups
+      if (!head.stepped) continue;  // (its slots keep the norms of its last step)
+      order.resize(size_t(head.groups));
+      channel_budget_plan(head.budget, head.groups,
+                          budget_keep(c.buckets[size_t(head.bucket)].h.channel_sparsity, head.groups), order.data());
+      head.budget[kBudgetLo] = head.budget[kBudgetMid] = head.budget[kBudgetHi] = 0;
+      probes[i] = {head.budget[kBudgetThr], INFINITY, INFINITY, INFINITY};
+      continue;
+    }
     double lo = 0, mid = 0, hi = 0;
     int64_t n = 0;
     for (size_t j : members[i]) {
@@ -172,6 +184,7 @@ void step_cpu(StableIValue* stack, uint64_t num_args, uint64_t /*num_outputs*/) 
     t.groups = it.groups;
     t.inner = it.inner;
     if (it.budget != nullptr) t.budget = probes[i].data();
+    if (it.budget != nullptr && bk.h.channel_sparsity != 0) t.group_norms = it.budget + kBudgetFields;
     const int32_t task = int32_t(tasks.size());
     tasks.push_back(t);
     const KernelSet& ks = kernels[size_t(it.bucket)];

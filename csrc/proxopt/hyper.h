@@ -19,13 +19,14 @@ namespace proxopt {
 // table, proxopt/regularizers.py, in this order): lo/hi are the bounds
 // (+-inf when unconstrained), adaptive the prox metric, group_dim the dim
 // group_lasso and max_norm act along (any sign), max_norm 0 no constraint,
-// sparsity the budget's fraction of zeros (0: none), reset_state and heal
+// sparsity the budget's fraction of zeros (0: none), channel_sparsity the
+// channel budget's fraction of zero groups along group_dim, reset_state and heal
 // switches (Python has already turned the proxes that heal stops off).
 #define PROXOPT_HYPER_FIELDS(X)                                                                  \
   X(rule) X(lr) X(beta1) X(beta2) X(eps) X(weight_decay) X(momentum) X(dampening) X(alpha)      \
   X(lr_decay) X(initial_accumulator_value) X(maximize) X(decoupled_weight_decay) X(amsgrad) X(nesterov) X(centered)           \
   X(l1) X(l2) X(l0) X(lo) X(hi) X(adaptive) X(group_lasso) X(group_dim) X(max_norm) X(sparsity)   \
-  X(reset_state) X(heal)
+  X(channel_sparsity) X(reset_state) X(heal)
 
 enum class RuleKind : int { kSgd = 0, kAdam = 1, kAdagrad = 2, kRmsprop = 3 };
 constexpr int kRuleKinds = 4;
@@ -45,7 +46,9 @@ struct Hyper {
 #undef PROXOPT_FIELD
 
   RuleKind kind() const { return RuleKind(int(rule)); }
-  bool has_group() const { return group_lasso != 0 || max_norm != 0; }
+  bool has_group() const { return group_lasso != 0 || max_norm != 0 || channel_sparsity != 0; }
+  // The budget of this group: sparsity (of weights) or channel_sparsity (of groups).
+  double budget() const { return sparsity != 0 ? sparsity : channel_sparsity; }
   bool has_elementwise_prox() const {
     return l1 != 0 || l0 != 0 || l2 != 0 || std::isfinite(lo) || std::isfinite(hi) || sparsity != 0;
   }
@@ -93,7 +96,9 @@ inline Hyper parse_hyper(const double* v, const std::string& where) {
           "regularizer strengths must be finite and >= 0");
   require(!(h.l1 != 0 && h.l0 != 0), "l1 and l0 cannot be combined");
   require(h.sparsity >= 0 && h.sparsity <= 1, "sparsity must lie in [0, 1]");
-  require(h.sparsity == 0 || !(h.lo > 0 || h.hi < 0), "a sparsity budget needs bounds that hold 0");
+  require(h.channel_sparsity >= 0 && h.channel_sparsity <= 1, "channel_sparsity must lie in [0, 1]");
+  require(h.sparsity == 0 || h.channel_sparsity == 0, "sparsity and channel_sparsity cannot be combined");
+  require(h.budget() == 0 || !(h.lo > 0 || h.hi < 0), "a sparsity budget needs bounds that hold 0");
   require(!(h.lo > h.hi) && !std::isnan(h.lo) && !std::isnan(h.hi), "bounds need lo <= hi");
   require(h.group_dim == std::floor(h.group_dim) && std::fabs(h.group_dim) < 64, "group_dim must be an int");
   return h;

@@ -11,9 +11,10 @@
 //   6. L1 soft threshold or L0 hard threshold, ridge, the sparsity budget,
 //      then bounds; where the step left a weight at 0, its states restart
 //      (reset), and in the heal phase a weight that was 0 stays 0.
-// Group proxes (group lasso, max-norm) need the norm of a whole group: the
-// drivers apply group_factor to the weights this function returns, then
-// the bounds (the very last operation).
+// Group proxes (group lasso, the channel budget, max-norm) need the norm of
+// a whole group: the drivers apply group_factor to the weights this function
+// returns, then the bounds (the very last operation); a group it zeroes gets
+// fresh states when the reset is on.
 //
 // What changes the loop is a template argument, fixed once at the entry
 // point: the rule (with its state layout) and the prox shape `P`. Switches
@@ -23,6 +24,7 @@
 // bounds +-inf): each is exact when off, so no flag is needed for it.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -355,15 +357,31 @@ PROXOPT_HD double group_tau(double group_lambda, int64_t group_size) {
 // computed in double, so a group whose norm exceeds the math type's range
 // (||w|| > FLT_MAX for float) is still scaled, not zeroed.
 // `tau` is the group's threshold (group_tau).
+// With a channel budget (`slot` non-null: the group's slot in its tensor's
+// row), the slot holds the plan's decision for this group (0: cut, 1: kept;
+// channel_budget_plan) and receives the group's norm after the group lasso,
+// which the next step's plan ranks. A cut group is zeroed before the
+// max-norm projection.
 template <class M>
-PROXOPT_HD M group_factor(double norm, double tau, const Coeffs<M>& k) {
+PROXOPT_HD M group_factor(double norm, double tau, const Coeffs<M>& k, double* slot) {
   double f = 1.0;
   if (k.group_lasso_on) f = (norm <= tau) ? 0.0 : 1.0 - tau / norm;
+  if (slot != nullptr) {
+    const bool cut = *slot == 0.0;
+    *slot = norm * f;
+    f = cut ? 0.0 : f;
+  }
   if (k.max_norm_on) {
     const double shrunk = norm * f;
     if (shrunk > k.max_norm) f = f * (k.max_norm / shrunk);
   }
   return M(f);
+}
+
+// The same, without a channel budget.
+template <class M>
+PROXOPT_HD M group_factor(double norm, double tau, const Coeffs<M>& k) {
+  return group_factor<M>(norm, tau, k, nullptr);
 }
 
 // The last operation on a weight of a group: its factor, then the bounds.
@@ -472,6 +490,40 @@ PROXOPT_HD void budget_plan(double* row, double lo, double mid, double hi, int64
   row[kBudgetThr] = x;
   row[kBudgetCenter] = x;
   row[kBudgetRatio] = r;
+}
+
+// ---- the channel budget: an exact ranking on O(groups) data ------------------
+// A tensor with channel_sparsity keeps `keep` of its G groups. Its row of
+// statistics is kBudgetFields values followed by one slot per group: the
+// group norms (after the group lasso) the last step wrote. Before a step the
+// plan ranks them (largest first; ties to the lower index; NaN as +inf) and
+// overwrites each slot with its decision: 1 for the `keep` largest, 0 for
+// the others, which this step zeroes (group_factor) while it writes their
+// new norms. So every step zeroes exactly G - keep groups, chosen by the
+// norms one step old (a group cut at the last step has one step's norm and
+// stays at the bottom). No norms yet (kBudgetLo < 0): every group is kept.
+// kBudgetThr receives the norm halfway between the kept and the cut (-1:
+// none cut; inf: all). Host code: O(G log G) per tensor per step, before it.
+inline void channel_budget_plan(double* row, int64_t groups, int64_t keep, int64_t* order) {
+  double* slot = row + kBudgetFields;
+  row[kBudgetAim] = NAN;
+  const bool ranked = keep > 0 && keep < groups && row[kBudgetLo] >= 0;
+  double thr = keep <= 0 ? INFINITY : -1.0;
+  if (ranked) {
+    auto norm = [&](int64_t q) { return slot[q] == slot[q] ? slot[q] : INFINITY; };
+    for (int64_t q = 0; q < groups; ++q) order[q] = q;
+    std::nth_element(order, order + keep, order + groups, [&](int64_t a, int64_t b) {
+      return norm(a) > norm(b) || (norm(a) == norm(b) && a < b);
+    });
+    double last = INFINITY, next = -INFINITY;  // the smallest kept, the largest cut
+    for (int64_t r = 0; r < keep; ++r) last = std::min(last, norm(order[r]));
+    for (int64_t r = keep; r < groups; ++r) next = std::max(next, norm(order[r]));
+    thr = std::isfinite(last) ? next + 0.5 * (last - next) : next;
+    for (int64_t r = 0; r < groups; ++r) slot[order[r]] = r < keep ? 1.0 : 0.0;
+  } else {
+    for (int64_t q = 0; q < groups; ++q) slot[q] = keep <= 0 ? 0.0 : 1.0;
+  }
+  row[kBudgetThr] = thr;
 }
 
 }  // namespace proxopt

@@ -46,7 +46,7 @@ from . import _native, reference
 from .checks import check_grad, label
 from .distributed import is_dtensor, local_tensor, sharded_group_prox_, split_group_prox
 from .hyper import HYPER_FIELDS, Hyper, hyper_values
-from .regularizers import group_dim_of, has_budget, has_group_prox
+from .regularizers import budget_key, group_dim_of, has_budget, has_group_prox
 from .rules import RuleSpec, exported_rules
 
 
@@ -166,7 +166,7 @@ class Plan(NamedTuple):
     state_values: list[Any]      # and the tensors it held
     created: list[Tensor]        # parameters whose state this plan created (undone if its first step fails)
     dtensor_groups: list[bool]   # which param groups hold DTensors (FSDP2 shards)
-    group_budget: list[bool]     # which param groups have a sparsity budget (statistics kept)
+    group_budget: list[str | None]  # each param group's budget keyword, if any (statistics kept)
 
     def matches(self, groups: list[dict], state: dict, keys: list[tuple[str, ...]]) -> bool:
         """Whether this plan still describes param groups ``groups`` with state
@@ -180,7 +180,7 @@ class Plan(NamedTuple):
                                                           self.group_fused, self.group_budget):
             if k != gkeys or _fused(group) != fused or not C.same_items(group["params"], params):
                 return False
-            if has_budget(group) != budget:
+            if budget_key(group) != budget:
                 return False
         if not C.same_state_values(state, self.state_values):
             return False
@@ -344,7 +344,7 @@ def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple
     return Plan(
         device_calls, slow, outside, list(groups), [list(g["params"]) for g in groups], list(keys),
         [_fused(g) for g in groups], state, _state_values(state), created,
-        [any(map(is_dtensor, g["params"])) for g in groups], [has_budget(g) for g in groups],
+        [any(map(is_dtensor, g["params"])) for g in groups], [budget_key(g) for g in groups],
     )
 
 
@@ -355,11 +355,18 @@ BUDGET_KEY = "sparsity_stats"  # the state key of a parameter's row of budget st
 
 def _kernel_budget(group: dict) -> bool:
     """Whether the kernels can take a budgeted param group: CPU tensors, no
-    group prox, and (one budget over the group) every tensor on the kernel
-    path. Otherwise the whole group takes the reference path."""
-    if not has_budget(group):
+    group prox with a weights' budget, and (one budget over the group) every
+    tensor on the kernel path. Otherwise the whole group takes the reference
+    path. A channel budget has no sharded (DTensor) form yet."""
+    key = budget_key(group)
+    if key is None:
         return True
-    if has_group_prox(group) or any(is_dtensor(p) for p in group["params"]):
+    if key == "channel_sparsity" and any(is_dtensor(p) for p in group["params"]):
+        raise ValueError(
+            "channel_sparsity on DTensor (FSDP2-sharded) parameters is not supported yet: the channel "
+            "budget needs each group's whole norm; use group_lasso with SparsityTarget there"
+        )
+    if (key == "sparsity" and has_group_prox(group)) or any(is_dtensor(p) for p in group["params"]):
         return False
     locals_ = [local_tensor(p) for p in group["params"]]
     if any(p.device.type != "cpu" for p in locals_):
@@ -378,19 +385,27 @@ def _units(groups: list[dict], where: list[tuple[int, int]]) -> list[int]:
         group = groups[gi]
         if not has_budget(group):
             units.append(-1)
-        elif group["sparsity_scope"] == "group":
+        elif group["sparsity_scope"] == "group" and budget_key(group) == "sparsity":
             units.append(first.setdefault(gi, j))
         else:
             units.append(j)
     return units
 
 
+def budget_row_length(group: dict, p: Tensor) -> int:
+    """How many values a parameter's budget statistics hold: the fields, then
+    with a channel budget one norm per group."""
+    if budget_key(group) != "channel_sparsity":
+        return len(reference.BUDGET_FIELDS)
+    return len(reference.BUDGET_FIELDS) + (p.shape[group_dim_of(group) % p.dim()] if p.dim() else 0)
+
+
 def _unit_rows(group: dict, members: list[Tensor], stats: list[Tensor | None]) -> list[list[float]]:
     """The rows of one unit: its saved statistics when every member has them, else fresh ones."""
-    if all(torch.is_tensor(t) and t.numel() == len(reference.BUDGET_FIELDS) for t in stats):
+    if all(torch.is_tensor(t) and t.numel() == budget_row_length(group, p) for t, p in zip(stats, members)):
         return [t.detach().to("cpu", torch.float64).reshape(-1).tolist() for t in stats]
-    s = float(group["sparsity"])
-    return reference.budget_init(members, s)
+    key = budget_key(group)
+    return reference.budget_init(members, float(group[key]), group_dim_of(group) if key == "channel_sparsity" else None)
 
 
 def _budget_rows(groups: list[dict], state: dict, where: list[tuple[int, int]],
@@ -401,7 +416,8 @@ def _budget_rows(groups: list[dict], state: dict, where: list[tuple[int, int]],
     units = _units(groups, where)
     if all(u < 0 for u in units):
         return units, None
-    rows = torch.zeros((len(units), len(reference.BUDGET_FIELDS)), dtype=torch.float64)
+    lengths = [budget_row_length(groups[gi], params[j]) if u >= 0 else 0 for j, (u, (gi, _)) in enumerate(zip(units, where))]
+    rows = torch.zeros((len(units), max(lengths)), dtype=torch.float64)
     members: dict[int, list[int]] = {}
     for j, u in enumerate(units):
         if u >= 0:
@@ -411,11 +427,11 @@ def _budget_rows(groups: list[dict], state: dict, where: list[tuple[int, int]],
         owners = [groups[gi]["params"][where[j][1]] for j in idx]
         stats = [state.get(o, {}).get(BUDGET_KEY) for o in owners]
         for j, row in zip(idx, _unit_rows(groups[gi], [params[j] for j in idx], stats)):
-            rows[j] = torch.tensor(row, dtype=torch.float64)
+            rows[j, : lengths[j]] = torch.tensor(row, dtype=torch.float64)
     for j, u in enumerate(units):
         if u >= 0:
             gi, i = where[j]
-            state[groups[gi]["params"][i]][BUDGET_KEY] = rows[j]
+            state[groups[gi]["params"][i]][BUDGET_KEY] = rows[j, : lengths[j]]
     return units, rows
 
 
@@ -591,7 +607,7 @@ def _slow_units(groups: list[dict], items: list[_SlowItem], budgeted) -> dict[tu
     units: dict[tuple[int, int], list[int]] = {}
     for k, it in enumerate(items):
         if budgeted(it):
-            whole = groups[it.group]["sparsity_scope"] == "group"
+            whole = groups[it.group]["sparsity_scope"] == "group" and budget_key(groups[it.group]) == "sparsity"
             units.setdefault((it.group, -1 if whole else k), []).append(k)
     return units
 
@@ -631,8 +647,11 @@ def _run_slow(groups: list[dict], state: dict, items: list[_SlowItem], hypers: l
             h, local_tensor(it.param), local_tensor(it.grad), [local_tensor(t) for t in it.states],
             it.step, fresh=it.fresh, grad_scale=grad_scale, budget=probes.get(k), fresh0=it.fresh0,
         )
-        if counts is not None:
-            it.budget[reference.LO:] = torch.tensor(counts, dtype=torch.float64)
+        if torch.is_tensor(counts):  # a channel budget's group norms
+            it.budget[reference.LO : reference.HI + 1] = 0.0
+            it.budget[len(reference.BUDGET_FIELDS) :] = counts
+        elif counts is not None:
+            it.budget[reference.LO : reference.HI + 1] = torch.tensor(counts, dtype=torch.float64)
         if it.new_state:
             state[it.param].update(it.new_state)
 
@@ -644,13 +663,21 @@ def _plan_slow_budgets(groups: list[dict], items: list[_SlowItem], hypers: list[
     units = _slow_units(groups, items, lambda it: it.budget is not None and hypers[it.group].has_budget)
     for (gi, _), idx in units.items():
         head = items[idx[0]].budget.tolist()
+        h = hypers[gi]
+        if h.channel_sparsity:  # a unit of one tensor: exact on its group norms
+            w = local_tensor(items[idx[0]].param)
+            groups_n = w.shape[h.group_dim % w.dim()]
+            reference.channel_budget_plan(head, groups_n, reference.budget_keep(h.channel_sparsity, groups_n))
+            items[idx[0]].budget.copy_(torch.tensor(head, dtype=torch.float64))
+            out[idx[0]] = items[idx[0]].budget[len(reference.BUDGET_FIELDS):].clone()  # the decisions
+            continue
         lo = mid = hi = 0.0
         n = 0
         for k in idx:
             row = items[k].budget
             lo, mid, hi = lo + float(row[reference.LO]), mid + float(row[reference.MID]), hi + float(row[reference.HI])
             n += local_tensor(items[k].param).numel()
-        reference.budget_plan(head, lo, mid, hi, reference.budget_keep(hypers[gi].sparsity, n), n)
+        reference.budget_plan(head, lo, mid, hi, reference.budget_keep(h.sparsity, n), n)
         for k in idx:
             items[k].budget[: reference.LO] = torch.tensor(head[: reference.LO], dtype=torch.float64)
             out[k] = reference.budget_probes(head)

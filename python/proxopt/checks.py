@@ -98,10 +98,10 @@ def check_overlap(groups: list[dict]) -> None:
 
 def check_group_param(group: dict, i: int, p: Tensor) -> None:
     dim = group_dim_of(group)
-    key = "group_dim" if group["group_lasso"] else "max_norm_dim"
+    key = "group_dim" if group["group_lasso"] or group["channel_sparsity"] else "max_norm_dim"
     if p.dim() < 2:
         raise ValueError(
-            f"{label(group, i)} has {p.dim()} dimension(s): group_lasso/max_norm need a "
+            f"{label(group, i)} has {p.dim()} dimension(s): group_lasso/max_norm/channel_sparsity need a "
             "weight matrix or conv kernel; put biases and norm weights in a param group without "
             "group regularizers (proxopt.param_groups(model, ...) does this)"
         )

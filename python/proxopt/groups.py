@@ -107,8 +107,8 @@ def param_groups(
     Without modules (an iterable was given), the type rules ``"norm"`` and
     ``"embedding"`` cannot be told apart from other tensors: they fall back to
     ``"1d"`` (norm weights are 1-D; embeddings stay regularized), and module
-    types and callables see ``module=None``. With ``group_lasso`` or
-    ``max_norm``, tensors with fewer than 2 dimensions are always excluded,
+    types and callables see ``module=None``. With ``group_lasso``,
+    ``channel_sparsity`` or ``max_norm``, tensors with fewer than 2 dimensions are always excluded,
     since group proxes need rows.
 
     ``names=True`` adds ``param_names`` to both groups (error messages then
@@ -132,7 +132,8 @@ def param_groups(
     rules = list(exclude)
     if not modules:
         rules = ["1d" if r in ("norm", "embedding") else r for r in rules if r != "embedding"]
-    if regularization.get("group_lasso") or regularization.get("max_norm") is not None:
+    if (regularization.get("group_lasso") or regularization.get("channel_sparsity")
+            or regularization.get("max_norm") is not None):
         rules.append("1d")
     kept: list[tuple[str, torch.Tensor]] = []
     skipped: list[tuple[str, torch.Tensor]] = []

@@ -29,11 +29,16 @@ RULE_FIELDS: tuple[tuple[str, object], ...] = (
 
 
 def _has_group(self) -> bool:
-    return self.group_lasso != 0 or self.max_norm != 0
+    return self.group_lasso != 0 or self.max_norm != 0 or self.channel_sparsity != 0
 
 
 def _has_budget(self) -> bool:
-    return self.sparsity != 0
+    return self.sparsity != 0 or self.channel_sparsity != 0
+
+
+def _budget(self) -> float:
+    """The budget's fraction: of zero weights (sparsity) or of zero groups (channel_sparsity)."""
+    return self.sparsity if self.sparsity != 0 else self.channel_sparsity
 
 
 def _has_bounds(self) -> bool:
@@ -46,7 +51,7 @@ Hyper = dataclasses.make_dataclass(
     "Hyper",
     [(name, type(default), dataclasses.field(default=default)) for name, default in RULE_FIELDS + REGULARIZER_FIELDS],
     namespace={"has_group": property(_has_group), "has_bounds": property(_has_bounds),
-               "has_budget": property(_has_budget)},
+               "has_budget": property(_has_budget), "budget": property(_budget)},
 )
 Hyper.__module__ = __name__
 

@@ -30,8 +30,8 @@ from .regularizers import (
     split_regularizers,
     validate_regularizers,
 )
-from .reference import BUDGET_FIELDS, budget_select_
-from .regularizers import fraction
+from .reference import BUDGET_FIELDS, budget_select_, channel_select_
+from .regularizers import budget_key, fraction, group_dim_of
 from .rules import RULES
 
 
@@ -210,9 +210,11 @@ class ProxOptimizer(Optimizer):
                 if not st:
                     continue
                 budget = st.get(_dispatch.BUDGET_KEY)
-                if budget is not None and not (torch.is_tensor(budget) and budget.numel() == len(BUDGET_FIELDS)):
+                size = _dispatch.budget_row_length(merged, p) if _dispatch.has_budget(merged) else len(BUDGET_FIELDS)
+                if budget is not None and not (torch.is_tensor(budget) and budget.numel() == size):
                     raise ValueError(f"state_dict entry {_dispatch.BUDGET_KEY!r} of parameter {pid} must be a "
-                                     f"tensor of {len(BUDGET_FIELDS)} values")
+                                     f"tensor of {size} values (with channel_sparsity: {len(BUDGET_FIELDS)} fields, "
+                                     "then one norm per group)")
                 foreign = sorted(set(st) - rule.all_state_keys - {_dispatch.BUDGET_KEY})
                 if foreign:
                     raise ValueError(
@@ -284,18 +286,23 @@ class ProxOptimizer(Optimizer):
     def _freeze_on_heal(self, groups: list[dict], hypers: list[Hyper]) -> None:
         """Where a budgeted param group turns ``heal`` on, the support is
         frozen at exactly its target: the one exact selection of the budget
-        (reference.budget_select_, ties to the earlier weight), with the
+        (reference.budget_select_ or, for channel_sparsity, channel_select_;
+        ties to the earlier weight or group), with the
         states of the weights it zeroes reset, before the step."""
         for group, h in zip(groups, hypers):
             was = self._healed.get(id(group))
             self._healed[id(group)] = bool(h.heal)
             if not h.heal or was is not False or not _dispatch.has_budget(group):
                 continue
-            s = fraction("sparsity", group["sparsity"])
-            units = [group["params"]] if group["sparsity_scope"] == "group" else [[p] for p in group["params"]]
+            key = budget_key(group)
+            s = fraction(key, group[key])
+            scoped = group["sparsity_scope"] == "group" and key == "sparsity"
+            units = [group["params"]] if scoped else [[p] for p in group["params"]]
             rule = RULES[self._rule]
             for unit in units:
-                masks = budget_select_([_dispatch.local_tensor(p) for p in unit], s)
+                ws = [_dispatch.local_tensor(p) for p in unit]
+                masks = (budget_select_(ws, s) if key == "sparsity"
+                         else [channel_select_(w, s, group_dim_of(group)) for w in ws])
                 for p, mask in zip(unit, masks):
                     st = self.state.get(p) or {}
                     for q, key in enumerate(rule.state_keys(h)):

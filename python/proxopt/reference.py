@@ -11,17 +11,19 @@ operations:
 4. w ← w·(1 − lr·weight_decay) where weight decay is decoupled (AdamW);
 5. w ← w − step·d;
 6. the prox: L1 soft threshold or L0 hard threshold, then ridge, then the
-   group soft threshold, then the max-norm projection, then the sparsity
-   budget's hard threshold, then the clamp to ``bounds``;
+   group soft threshold, then the channel budget, then the max-norm
+   projection, then the sparsity budget's hard threshold, then the clamp to
+   ``bounds``;
 7. the heal phase's frozen support (a weight that was 0 stays 0), and the
    state reset: a weight left at exactly 0 gets fresh states (with a prox
-   that makes zeros and ``reset_state``, or in the heal phase). With a group
-   prox the reset looks at the weights before the group prox (the kernels
-   store the states before the group's norm is known); zeros that only the
-   group lasso made keep their states.
+   that makes zeros, a budget and ``reset_state``, or in the heal phase).
+   With a group prox the reset looks at the weights before the group prox
+   and at the groups whose factor (in the math dtype) is 0: the kernels
+   reset a zeroed group after they stored its states.
 
 The sparsity budget keeps the largest ``|w|`` of a *unit* (a tensor, or every
-budgeted tensor of a param group). Its threshold for a step is planned before
+budgeted tensor of a param group); the channel budget keeps the groups of a
+tensor with the largest norm after the group lasso, with the same planner. Its threshold for a step is planned before
 the step from counts the previous step gathered at three probes (see
 :func:`budget_plan`), so no pass over the weights is spent on selecting;
 :func:`budget_select_` is the exact selection, run once where the support is
@@ -41,7 +43,8 @@ from torch import Tensor
 
 from .hyper import ADAGRAD, ADAM, RMSPROP, SGD, Hyper
 
-__all__ = ["Hyper", "step_tensor", "budget_keep", "budget_plan", "budget_init", "budget_select_", "BUDGET_FIELDS", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
+__all__ = ["Hyper", "step_tensor", "budget_keep", "budget_plan", "budget_init", "budget_select_", "channel_budget_init", "channel_budget_plan", "channel_select_",
+           "BUDGET_FIELDS", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
            "project_bounds", "prox_elementwise", "group_tau", "group_factor", "finish_groups", "prox_group",
            "SGD", "ADAM", "ADAGRAD", "RMSPROP"]
 
@@ -116,47 +119,76 @@ def group_tau(h: Hyper, lr: float, size: int) -> float:
     return lr * h.group_lasso * math.sqrt(size)
 
 
-def group_factor(norm: Tensor, tau: float, max_norm: float) -> Tensor:
+def group_factor(norm: Tensor, tau: float, max_norm: float, cut: Tensor | None = None,
+                 shrunk: list[Tensor] | None = None) -> Tensor:
     """Per-group scale factor from the group norms ‖w_g‖₂ (float64): the block
     soft threshold max(0, 1 − τ_g/‖w_g‖) (prox of τ_g‖w_g‖₂; 0 when
-    ‖w_g‖ ≤ τ_g), then the projection onto ‖w_g‖ ≤ c of the shrunk group.
-    Computed in float64, so a group whose norm overflows float32 is still
-    scaled, not zeroed; the caller rounds the factor to its math dtype."""
+    ‖w_g‖ ≤ τ_g), then the channel budget (``cut``: the groups its plan
+    zeroes, :func:`channel_budget_plan`; the norms after the group lasso are
+    appended to ``shrunk`` for the next plan), then the projection onto
+    ‖w_g‖ ≤ c of the shrunk group. Computed in float64, so a group whose
+    norm overflows float32 is still scaled, not zeroed; the caller rounds the
+    factor to its math dtype."""
     f = torch.ones_like(norm)
     if tau:
         f = torch.where(norm <= tau, torch.zeros_like(norm), 1 - tau / norm)
+    if cut is not None:
+        if shrunk is not None:
+            shrunk.append(norm * f)
+        f = torch.where(cut, torch.zeros_like(f), f)
     if max_norm:
         shrunk = norm * f
         f = torch.where(shrunk > max_norm, f * (max_norm / shrunk), f)
     return f
 
 
-def finish_groups(h: Hyper, w3: Tensor, norm: Tensor, tau: float) -> Tensor:
+def finish_groups(h: Hyper, w3: Tensor, norm: Tensor, tau: float, cut: Tensor | None = None,
+                  shrunk: list[Tensor] | None = None) -> Tensor:
     """The end of the group prox on ``w3``, a tensor seen as [outer, groups,
-    inner], given its float64 group norms ``norm`` and threshold ``tau``: each
-    group times its factor (rounded to ``w3``'s dtype), then the clamp to
-    ``bounds``, which acts after the group proxes. Separate from the norms so
-    that proxopt.distributed can pass norms all-reduced across shards."""
-    f = group_factor(norm, tau, h.max_norm).to(w3.dtype)
+    inner], given its float64 group norms ``norm`` and threshold ``tau`` (and
+    the channel budget's, see :func:`group_factor`): each group times its
+    factor (rounded to ``w3``'s dtype), then the clamp to ``bounds``, which
+    acts after the group proxes. Separate from the norms so that
+    proxopt.distributed can pass norms all-reduced across shards."""
+    return _finish_groups(h, w3, norm, tau, cut, shrunk)[0]
+
+
+def _finish_groups(h: Hyper, w3: Tensor, norm: Tensor, tau: float, cut: Tensor | None,
+                   shrunk: list[Tensor] | None) -> tuple[Tensor, Tensor]:
+    """:func:`finish_groups`, and the factors it applied (in ``w3``'s dtype)."""
+    f = group_factor(norm, tau, h.max_norm, cut, shrunk).to(w3.dtype)
     w3 = w3 * f[None, :, None]
     if h.has_bounds:
         w3 = project_bounds(w3, h.lo, h.hi)
-    return w3
+    return w3, f
 
 
-def prox_group(h: Hyper, lr: float, w: Tensor) -> Tensor:
-    """Step 6 for the group proxes (group lasso with τ_g = lr·λ·√|g|, then
-    max-norm), groups being the slices along ``h.group_dim``; then bounds."""
-    shape = w.shape
-    dim = h.group_dim % w.dim()
-    outer, groups = math.prod(shape[:dim]), shape[dim]
-    inner = math.prod(shape[dim + 1 :])
+def _as_groups(w: Tensor, dim: int) -> Tensor:
+    """``w`` seen as [outer, groups, inner], one group per index along ``dim``."""
+    dim = dim % w.dim()
+    return w.reshape(math.prod(w.shape[:dim]), w.shape[dim], math.prod(w.shape[dim + 1 :]))
+
+
+def prox_group(h: Hyper, lr: float, w: Tensor, cut: Tensor | None = None,
+               shrunk: list[Tensor] | None = None) -> Tensor:
+    """Step 6 for the group proxes (group lasso with τ_g = lr·λ·√|g|, the
+    channel budget cutting the groups ``cut``, then max-norm), groups being
+    the slices along ``h.group_dim``; then bounds."""
+    return _prox_group(h, lr, w, cut, shrunk)[0]
+
+
+def _prox_group(h: Hyper, lr: float, w: Tensor, cut: Tensor | None,
+                shrunk: list[Tensor] | None) -> tuple[Tensor, Tensor | None]:
+    """:func:`prox_group`, and each group's factor in ``w``'s dtype (None for an empty tensor)."""
     if w.numel() == 0:
-        return w
-    w3 = w.reshape(outer, groups, inner)
+        if shrunk is not None:
+            shrunk.append(_group_norms(w, h.group_dim))
+        return w, None
+    w3 = _as_groups(w, h.group_dim)
     # Norms summed in float64, as the kernels do; the factor too.
     norm = torch.linalg.vector_norm(w3.double(), dim=(0, 2))
-    return finish_groups(h, w3, norm, group_tau(h, lr, outer * inner)).reshape(shape)
+    w3, f = _finish_groups(h, w3, norm, group_tau(h, lr, w3.shape[0] * w3.shape[2]), cut, shrunk)
+    return w3.reshape(w.shape), f
 
 
 # ---- the sparsity budget -------------------------------------------------------
@@ -254,13 +286,23 @@ def _magnitudes(ws: list[Tensor]) -> Tensor:
     return torch.cat([_math(w.detach()).abs().reshape(-1) for w in ws])
 
 
-def budget_init(ws: list[Tensor], s: float) -> list[list[float]]:
+def _group_norms(w: Tensor, dim: int) -> Tensor:
+    """‖w_g‖₂ of each group along ``dim`` (float64), as the kernels sum them."""
+    if w.numel() == 0:
+        return torch.zeros(w.shape[dim % w.dim()] if w.dim() else 0, dtype=torch.float64)
+    return torch.linalg.vector_norm(_as_groups(_math(w.detach()), dim).double(), dim=(0, 2))
+
+
+def budget_init(ws: list[Tensor], s: float, dim: int | None = None) -> list[list[float]]:
     """Fresh statistics for a unit of weights ``ws`` (its members' rows): the
     probes centred on the exact ``|w|`` quantile of sparsity s (at least 1 %,
     at most 99 %: a ramp that starts at 0 finds its scale there), spaced
     wide, and no counts (-1): the first step only counts, so the first cut is
-    planned from weights the rule has moved. One sort of the unit's ``|w|``,
-    when the statistics are created (or reloaded without them)."""
+    planned from weights the rule has moved. One sort of the unit's ``|w|``
+    (with ``dim``, a channel budget: of the group norms along ``dim``), when
+    the statistics are created (or reloaded without them)."""
+    if dim is not None:
+        return [channel_budget_init(w) for w in (_group_norms(w, dim) for w in ws)]
     a = _magnitudes(ws)
     n = a.numel()
     center = 1.0
@@ -296,6 +338,57 @@ def budget_select_(ws: list[Tensor], s: float) -> list[Tensor]:
         real.masked_fill_(mask, 0)
         masks.append(mask)
     return masks
+
+
+def channel_budget_init(norms: Tensor) -> list[float]:
+    """A channel budget's fresh row: no threshold yet, and the group norms it
+    is planned from (the weights' own, so the first step already cuts)."""
+    return [-1.0, 0.0, _INIT_RATIO, 0.0, math.nan, 0.0, 0.0, 0.0] + norms.tolist()
+
+
+def channel_budget_plan(row: list[float], groups: int, keep: int) -> None:
+    """A channel budget's plan for this step, in ``row`` (its fields, then one
+    slot per group): the slots hold the group norms (after the group lasso)
+    the last step wrote; they are ranked (largest first, ties to the lower
+    index, NaN as +inf) and each slot becomes its decision, 1 for the
+    ``keep`` largest, 0 for the groups this step zeroes: exactly
+    ``groups − keep`` every step. No norms yet (``row[LO] < 0``): all kept.
+    ``row[THR]`` gets the norm halfway between the kept and the cut (-1: none
+    cut; inf: all)."""
+    base = len(BUDGET_FIELDS)
+    row[AIM] = math.nan
+    thr = math.inf if keep <= 0 else -1.0
+    if 0 < keep < groups and row[LO] >= 0:
+        norm = [x if x == x else math.inf for x in row[base:base + groups]]
+        order = sorted(range(groups), key=lambda q: (-norm[q], q))
+        last = min(norm[q] for q in order[:keep])
+        nxt = max(norm[q] for q in order[keep:])
+        thr = nxt + 0.5 * (last - nxt) if math.isfinite(last) else nxt
+        for r, q in enumerate(order):
+            row[base + q] = 1.0 if r < keep else 0.0
+    else:
+        row[base:base + groups] = [0.0 if keep <= 0 else 1.0] * groups
+    row[THR] = thr
+
+
+def channel_select_(w: Tensor, s: float, dim: int) -> Tensor:
+    """The exact projection onto the channel budget: keep the ``G − ⌈s·G⌉``
+    groups of ``w`` along ``dim`` with the largest norm (ties: the earlier
+    group), set the rest to 0 in place. Returns the mask of the elements it
+    zeroed (for their states). Once, where the support is frozen."""
+    norm = _group_norms(w, dim)
+    keep = budget_keep(s, norm.numel())
+    order = torch.sort(norm.neg(), stable=True).indices
+    dropped = torch.zeros(norm.numel(), dtype=torch.bool)
+    dropped[order[keep:]] = True
+    dropped &= norm != 0
+    real = _math(w) if not w.is_complex() else torch.view_as_real(w)
+    mask = torch.zeros(real.shape, dtype=torch.bool)
+    if real.numel():
+        _as_groups(mask, dim)[:, dropped, :] = True
+    mask = mask.to(w.device)
+    (torch.view_as_real(w) if w.is_complex() else w).masked_fill_(mask, 0)
+    return mask
 
 
 # ---- update rules on math-precision tensors ------------------------------
@@ -380,9 +473,9 @@ def step_tensor(
     *,
     fresh: bool = False,
     grad_scale: Tensor | None = None,
-    budget: tuple[float, float, float, float] | None = None,
+    budget: tuple[float, float, float, float] | Tensor | None = None,
     fresh0: float = 0.0,
-) -> tuple[int, int, int] | None:
+) -> tuple[int, int, int] | Tensor | None:
     """One step of one tensor, in place: ``param``, ``states`` and ``step``.
 
     ``states`` are the rule's state tensors in kernel order (see the optimizer
@@ -390,7 +483,9 @@ def step_tensor(
     marks an SGD momentum buffer that has no value yet. With a sparsity
     budget, ``budget`` is its threshold and probes (:func:`budget_probes`)
     and the counts of ``|w|`` above the probes, before the budget acted, are
-    returned. ``fresh0`` is what a reset first state holds (Adagrad's
+    returned; with a channel budget, ``budget`` is its plan's decisions (a
+    float64 tensor, 0 for the groups to zero: :func:`channel_budget_plan`)
+    and the group norms after the group lasso (float64) are returned. ``fresh0`` is what a reset first state holds (Adagrad's
     ``initial_accumulator_value``).
     """
     w, g = _math(param), _math(grad)
@@ -408,14 +503,20 @@ def step_tensor(
         g = g.add(w, alpha=h.weight_decay)
     w, denom, lr = _RULES[h.rule](h, w, g, s, t, fresh)
     budgeted = h.sparsity != 0 and budget is not None
+    channels = h.channel_sparsity != 0 and budget is not None
     w_new = prox_elementwise(dataclasses.replace(h, lo=-math.inf, hi=math.inf) if budgeted else h, lr, w, denom)
-    resets = h.heal or (h.reset_state and bool(h.l1 or h.l0 or h.sparsity))
+    resets = h.heal or (h.reset_state and bool(h.l1 or h.l0 or h.sparsity or h.channel_sparsity))
+    counts = None
     if h.has_group:
         if h.heal:  # frozen before the group's norm is taken
             w_new = torch.where(w0 == 0, torch.zeros_like(w_new), w_new)
-        zero = (w_new == 0) if resets else None  # the kernels reset before the group prox
-        w_new = prox_group(dataclasses.replace(h, lo=-math.inf, hi=math.inf) if budgeted else h, lr, w_new)
-    counts = None
+        zero = (w_new == 0) if resets else None  # the kernels reset before the group prox,
+        found: list[Tensor] | None = [] if channels else None
+        w_new, f = _prox_group(dataclasses.replace(h, lo=-math.inf, hi=math.inf) if budgeted else h, lr, w_new,
+                               (budget == 0).to(w_new.device) if channels else None, found)
+        counts = found[0] if channels else None
+        if resets and f is not None:  # and a group whose factor is 0 after it stored its states
+            zero = (_as_groups(zero, h.group_dim) | (f == 0)[None, :, None]).reshape(zero.shape)
     if budgeted:
         thr, *probes = (torch.tensor(v, dtype=torch.float64).to(w_new.dtype).item() for v in budget)
         a = w_new.abs()

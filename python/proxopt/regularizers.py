@@ -8,7 +8,7 @@ Each keyword can be given to the optimizer (the default for every param
 group) or overridden in one param group, exactly like ``lr``.
 
 In one step they act after the update, in this order: L1 or L0, ridge, group
-lasso, max-norm, the sparsity budget, bounds. ``τ = lr·λ`` with the current lr
+lasso, the channel budget, max-norm, the sparsity budget, bounds. ``τ = lr·λ`` with the current lr
 (``prox_metric="euclidean"``, the default), or ``τᵢ = lr·λ / dᵢ`` with
 ``dᵢ`` the optimizer's own per-element denominator (``"adaptive"``; Adam:
 ``√v̂ᵢ + ε``) for the elementwise proxes; group proxes always use the
@@ -115,7 +115,7 @@ def _flag(name: str, value: Any) -> bool:
 
 # What the heal phase turns off: the shrinking proxes and the budget (the
 # support is frozen instead); max_norm and bounds still act.
-HEAL_STOPS = ("l1", "l2", "l0", "group_lasso", "sparsity")
+HEAL_STOPS = ("l1", "l2", "l0", "group_lasso", "sparsity", "channel_sparsity")
 
 
 def _max_norm(name: str, value: Any) -> float | None:
@@ -177,9 +177,10 @@ REGULARIZERS: tuple[Keyword, ...] = (
             "λ of λ Σ_g √|g| ‖w_g‖₂ over the slices along ``group_dim``: block soft threshold "
             "``w_g·max(0, 1 − τ√|g|/‖w_g‖₂)`` (whole groups become 0). Needs tensors of 2+ dims."),
     Keyword("group_dim", 0, integer, "int",
-            "The dim whose slices are the groups of ``group_lasso`` (0: output rows / channels).", modifier=True,
-            # the one dim of the group proxes (they share it when both are set)
-            to_hyper=lambda v: (v["group_dim"] if v["group_lasso"] else v["max_norm_dim"],)),
+            "The dim whose slices are the groups of ``group_lasso`` and ``channel_sparsity`` (0: output "
+            "rows / channels).", modifier=True,
+            # the one dim of the group proxes (they share it when several are set)
+            to_hyper=lambda v: (v["group_dim"] if v["group_lasso"] or v["channel_sparsity"] else v["max_norm_dim"],)),
     Keyword("max_norm", None, _max_norm, "float | None",
             "c: project every group (slices along ``max_norm_dim``) onto ‖w_g‖₂ ≤ c.",
             fields=(("max_norm", 0.0),), to_hyper=lambda v: (v["max_norm"] or 0.0,)),  # 0: no constraint
@@ -194,22 +195,32 @@ REGULARIZERS: tuple[Keyword, ...] = (
             "its accuracy."),
     Keyword("sparsity_scope", "tensor", _scope, "str",
             "``'tensor'`` (a budget per tensor) or ``'group'`` (one budget over every tensor of the "
-            "param group: global magnitude pruning).", modifier=True, fields=()),
+            "param group: global magnitude pruning). ``channel_sparsity`` is always per tensor.",
+            modifier=True, fields=()),
+    Keyword("channel_sparsity", 0.0, fraction, "float",
+            "s in [0, 1]: a budget of whole groups (the slices along ``group_dim``: output channels by "
+            "default): after the group lasso, keep the ``G − ⌈s·G⌉`` groups of each tensor with the "
+            "largest norm ‖w_g‖₂ and set the rest to exactly 0 (then ``prune_zero_channels`` can cut "
+            "them). The threshold comes from counts of group norms the previous step gathered (no "
+            "extra pass). Needs tensors of 2+ dims; not with ``sparsity``."),
     Keyword("reset_state", None, _optional_flag, "bool | None",
             "Whether a weight the step leaves at exactly 0 gets the optimizer state of a fresh entry "
-            "(0; Adagrad's ``initial_accumulator_value``): True with ``l1``, ``l0`` or ``sparsity``; "
-            "False never; None (default) with ``sparsity`` only. (With Adam a reset entry's next "
+            "(0; Adagrad's ``initial_accumulator_value``; a whole group the group proxes zero too): "
+            "True with ``l1``, ``l0``, ``sparsity`` or ``channel_sparsity``; False never; None "
+            "(default) with the budgets only. (With Adam a reset entry's next "
             "update is about 3·lr -- the bias correction of step t on one step's moments -- so reset "
             "L1 zeros revive more often: measured, L1 through SparsityTarget then misses its "
             "targets.) The heal phase always resets its frozen zeros.", modifier=True,
             fields=(("reset_state", False),),
-            to_hyper=lambda v: (v["reset_state"] if v["reset_state"] is not None else bool(v["sparsity"]),)),
+            to_hyper=lambda v: (v["reset_state"] if v["reset_state"] is not None
+                                else bool(v["sparsity"] or v["channel_sparsity"]),)),
     Keyword("heal", False, _flag, "bool",
             "The heal phase: the support is frozen (a weight that is 0 stays exactly 0, with fresh "
             "state) and the survivors train with no shrinkage: ``l1``, ``l2``, ``l0``, "
-            "``group_lasso`` and ``sparsity`` stop acting; ``max_norm`` and ``bounds`` still apply. "
-            "Turning it on with a budget first keeps exactly the ``n − ⌈s·n⌉`` largest weights (fewer when "
-            "the budget had already cut more: a weight cut is not brought back)."),
+            "``group_lasso``, ``sparsity`` and ``channel_sparsity`` stop acting; ``max_norm`` and "
+            "``bounds`` still apply. Turning it on with a budget first keeps exactly the ``n − ⌈s·n⌉`` "
+            "largest weights (with ``channel_sparsity``: groups by norm; fewer when the budget had "
+            "already cut more: a weight cut is not brought back)."),
 )
 
 REGULARIZER_DEFAULTS: dict[str, Any] = {k.name: k.default for k in REGULARIZERS}
@@ -228,22 +239,33 @@ def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> 
             f"l1={v['l1']} and l0={v['l0']} cannot be combined: the L1 soft threshold and the L0 hard "
             "threshold are alternative elementwise proxes; choose one"
         )
-    gl, max_norm = v["group_lasso"], v["max_norm"]
-    if gl and max_norm is not None and v["group_dim"] != v["max_norm_dim"]:
+    gl, max_norm, channels = v["group_lasso"], v["max_norm"], v["channel_sparsity"]
+    if (gl or channels) and max_norm is not None and v["group_dim"] != v["max_norm_dim"]:
         raise ValueError(
             f"group_dim={v['group_dim']} and max_norm_dim={v['max_norm_dim']} differ: "
-            "group_lasso and max_norm together must act on the same groups"
+            "group_lasso or channel_sparsity and max_norm together must act on the same groups"
         )
-    if v["prox_metric"] == "adaptive" and (gl or max_norm is not None):
+    if v["prox_metric"] == "adaptive" and (gl or channels or max_norm is not None):
         raise ValueError(
-            "prox_metric='adaptive' cannot be combined with group_lasso or max_norm: group proxes "
-            "use the euclidean metric; use prox_metric='euclidean' or separate param groups"
+            "prox_metric='adaptive' cannot be combined with group_lasso, channel_sparsity or max_norm: "
+            "group proxes use the euclidean metric; use prox_metric='euclidean' or separate param groups"
         )
-    if v["sparsity"] and v["bounds"] is not None and not v["bounds"][0] <= 0.0 <= v["bounds"][1]:
+    if channels and v["sparsity"]:
         raise ValueError(
-            f"sparsity={v['sparsity']} with bounds={v['bounds']}: the budget sets weights to 0, which "
-            "the box excludes; use bounds that hold 0"
+            f"channel_sparsity={channels} and sparsity={v['sparsity']} cannot be combined in one param "
+            "group: each keeps its own budget statistics per tensor; put them in separate param groups"
         )
+    if channels and v["sparsity_scope"] != "tensor":
+        raise ValueError(
+            f"channel_sparsity={channels} with sparsity_scope={v['sparsity_scope']!r}: the channel budget "
+            "is per tensor (group norms of different layers are not comparable); use sparsity_scope='tensor'"
+        )
+    for name in ("sparsity", "channel_sparsity"):
+        if v[name] and v["bounds"] is not None and not v["bounds"][0] <= 0.0 <= v["bounds"][1]:
+            raise ValueError(
+                f"{name}={v[name]} with bounds={v['bounds']}: the budget sets weights to 0, which "
+                "the box excludes; use bounds that hold 0"
+            )
     if v["heal"] and v["bounds"] is not None and not v["bounds"][0] <= 0.0 <= v["bounds"][1]:
         raise ValueError(
             f"heal=True with bounds={v['bounds']}: the heal phase keeps zeros at 0, which the box "
@@ -277,20 +299,29 @@ def has_prox(group: dict) -> bool:
     return any(group[name] != default for name, default in ACTING_DEFAULTS.items())
 
 
+def budget_key(group: dict) -> str | None:
+    """The budget keyword the group sets (``"sparsity"`` or ``"channel_sparsity"``), or None.
+    Its statistics are kept in the heal phase too."""
+    for name in ("sparsity", "channel_sparsity"):
+        s = group[name]
+        if isinstance(s, torch.Tensor) or s != 0:
+            return name
+    return None
+
+
 def has_budget(group: dict) -> bool:
-    """True when the group asks for a sparsity budget (its statistics are kept in the heal phase too)."""
-    s = group["sparsity"]
-    return bool(s != 0) if not isinstance(s, torch.Tensor) else True
+    """True when the group asks for a sparsity or channel budget."""
+    return budget_key(group) is not None
 
 
 def has_group_prox(group: dict) -> bool:
-    """True when the group asks for group lasso or max-norm."""
-    return bool(group["group_lasso"]) or group["max_norm"] is not None
+    """True when the group asks for group lasso, a channel budget or max-norm."""
+    return bool(group["group_lasso"]) or bool(group["channel_sparsity"]) or group["max_norm"] is not None
 
 
 def group_dim_of(group: dict) -> int:
-    """The dim the group proxes act along (they share it when both are set)."""
-    return group["group_dim"] if group["group_lasso"] else group["max_norm_dim"]
+    """The dim the group proxes act along (they share it when several are set)."""
+    return group["group_dim"] if group["group_lasso"] or group["channel_sparsity"] else group["max_norm_dim"]
 
 
 def group_shape(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:

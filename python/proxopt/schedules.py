@@ -40,7 +40,9 @@ from torch.optim.lr_scheduler import LRScheduler
 
 __all__ = ["RegularizerScheduler", "linear_warmup", "cosine_ramp", "cubic_ramp"]
 
-SCHEDULABLE = ("l1", "l2", "l0", "group_lasso", "max_norm", "weight_decay", "sparsity")
+SCHEDULABLE = ("l1", "l2", "l0", "group_lasso", "max_norm", "weight_decay", "sparsity", "channel_sparsity")
+# The budgets: their ramps end in the heal phase unless told otherwise.
+_BUDGETS = ("sparsity", "channel_sparsity")
 
 
 class RegularizerScheduler(LRScheduler):
@@ -52,7 +54,8 @@ class RegularizerScheduler(LRScheduler):
         key: one of ``"l1"``, ``"l2"``, ``"l0"``, ``"group_lasso"``, ``"max_norm"``,
             ``"weight_decay"``, ``"sparsity"`` (the budget: gradual magnitude pruning's
             schedule is ``RegularizerScheduler(opt, "sparsity", cubic_ramp(n))`` with
-            ``sparsity=s`` given to the optimizer).
+            ``sparsity=s`` given to the optimizer), ``"channel_sparsity"`` (the same
+            for whole channels).
         schedule: a function of the step count (an int) returning a multiplier >= 0,
             or a list of such functions, one per param group.
         last_epoch: the index of the last step when resuming (-1: start). A value
@@ -63,7 +66,8 @@ class RegularizerScheduler(LRScheduler):
             phase (``group["heal"] = True``: the support frozen, no shrinkage), or
             ``"end"``: the schedule's own ``steps`` (``cubic_ramp``,
             ``linear_warmup``, ``cosine_ramp``). None (the default for every key but
-            ``sparsity``, whose default is ``"end"``): never.
+            the budgets ``sparsity`` and ``channel_sparsity``, whose default is
+            ``"end"``): never.
 
     Groups whose initial value is 0 (or None for ``max_norm``) stay unregularized.
     The multiplier must be finite and >= 0; for ``max_norm`` it must be > 0 (a
@@ -99,7 +103,7 @@ class RegularizerScheduler(LRScheduler):
             raise TypeError("schedule must be a callable (or a list of callables) of the step count")
         defaulted = heal_at == "default"
         if defaulted:
-            heal_at = "end" if key == "sparsity" else None
+            heal_at = "end" if key in _BUDGETS else None
         if heal_at == "end":
             if all(isinstance(getattr(f, "steps", None), int) for f in self.schedules):
                 heal_at = max(getattr(f, "begin", 0) + f.steps for f in self.schedules)
