@@ -44,6 +44,12 @@ run                       what
                           to the end of the window, then the controller
                           stops and ``heal=True`` freezes the support L1
                           chose and trains the survivors unpenalized
+``channel-budget-heal``   ``proxopt.AdamW(channel_sparsity=s)`` on each
+                          channel layer's weight (its own budget, as
+                          ``magnitude-structured`` prunes each layer), on
+                          the magnitude runs' cubic ramp, then
+                          ``heal=True`` from the end of the window (default
+                          target 0.5)
 ========================  ===================================================
 
 Every run regularizes the same tensors: Conv/Linear weights, selected with
@@ -354,6 +360,39 @@ def _build_budget_heal(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Re
     return Regime(opt, regularized, after_step=after_step, finish=finish)
 
 
+def _build_channel_budget_heal(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
+    """The channel budget on each channel layer's weight (output channels,
+    ``group_dim=0``; the output layer's rows are never pruned), ramped on the
+    magnitude runs' schedule and healed from its end, as ``budget-heal``."""
+    _, _, extra = OPTIMIZERS[cfg.optimizer]
+    schedule = pruning_schedule(cfg, budget)
+    groups = proxopt.param_groups(model, weight_decay=cfg.weight_decay)
+    regularized = list(groups[0]["params"])
+    chosen = {id(m.weight) for m in channel_layers(model)}
+    if not chosen:
+        raise ValueError("Invalid model for a channel target: it has no Conv/Linear layer before the output layer")
+    budgeted = [p for p in groups[0]["params"] if id(p) in chosen]
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in chosen]} for g in groups]
+    groups = [{"params": budgeted, "weight_decay": cfg.weight_decay, "channel_sparsity": budget.target}]
+    groups += [g for g in rest if g["params"]]
+    opt = _prox_class(cfg)(groups, lr=cfg.lr, **extra)
+    ramp = cubic_ramp(schedule.end - schedule.start, begin=schedule.start)
+    sched = RegularizerScheduler(opt, "channel_sparsity", ramp, heal_at="end")
+    healed_at: list[int] = []
+
+    def after_step(t: int) -> None:
+        sched.step()
+        if not healed_at and opt.param_groups[0]["heal"]:
+            healed_at.append(t + 1)
+
+    def finish() -> dict:
+        return {"budget": "proxopt channel_sparsity per layer + RegularizerScheduler(cubic_ramp)",
+                "final": budget.target, "start": schedule.start, "end": schedule.end,
+                "heal_from_step": healed_at[0] if healed_at else None}  # fmt: skip
+
+    return Regime(opt, regularized, after_step=after_step, finish=finish)
+
+
 def _build_l1_heal(model: nn.Module, cfg: TrainConfig, budget: Budget) -> Regime:
     """``prox-l1`` (steered to the target by the end of the window, or at its
     fixed λ without one), then, from the end of the window, heal: the
@@ -404,6 +443,8 @@ RUNS: dict[str, RunSpec] = {
         RunSpec("magnitude-structured", "torch {opt} + L2 channel pruning", CHANNELS, 0.5, _build_magnitude_structured),
         RunSpec("budget-heal", "proxopt.{Opt}(sparsity=s, group) cubic + heal", ZEROS, 0.9, _build_budget_heal, in_sweep=False),
         RunSpec("l1-heal", "proxopt.{Opt}(l1=λ) + heal", ZEROS, None, _build_l1_heal, in_sweep=False),
+        RunSpec("channel-budget-heal", "proxopt.{Opt}(channel_sparsity=s) cubic + heal", CHANNELS, 0.5,
+                _build_channel_budget_heal, in_sweep=False),
     )
 }
 RUN_NAMES = tuple(RUNS)

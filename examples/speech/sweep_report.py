@@ -39,7 +39,7 @@ def columns(primary: str) -> list[Column]:
 
 RUN_COLORS = {"dense": "#555555", "l1-loss": "#d95f02", "prox-l1": "#1b9e77", "prox-group": "#7570b3",
               "magnitude": "#e7298a", "magnitude-structured": "#e6ab02",
-              "budget-heal": "#1f78b4", "l1-heal": "#66a61e"}  # fmt: skip
+              "budget-heal": "#1f78b4", "l1-heal": "#66a61e", "channel-budget-heal": "#a6761d"}  # fmt: skip
 
 
 def run_tag(r: RunResult) -> str:

@@ -105,6 +105,17 @@ def _loop_magnitude_prune(ps: list[Tensor], s: float) -> None:
             p.view(-1)[idx] = 0
 
 
+def _loop_channel_prune(ps: list[Tensor], s: float) -> None:
+    """Structured magnitude pruning after the step (torch.nn.utils.prune.ln_structured's
+    selection, n=2, dim=0): the ⌈s·G⌉ rows of smallest L2 norm of each tensor become 0."""
+    for p in ps:
+        rows = _rows(p)
+        k = math.ceil(s * rows.shape[0] - 1e-6)
+        if k > 0:
+            idx = torch.topk(torch.linalg.vector_norm(rows, dim=1), k, largest=False).indices
+            rows[idx] = 0
+
+
 def _global_magnitude_prune(ps: list[Tensor], s: float) -> None:
     """Global magnitude pruning after the step (torch.nn.utils.prune.global_unstructured's
     selection): the ⌈s·n⌉ smallest |w| over all tensors together become 0."""
@@ -137,6 +148,7 @@ def prox_pass(reg: str, kw: dict, lr: float, style: str) -> ProxPass | None:
         ("max_norm", "for-loop"): lambda ps: _loop_max_norm(ps, kw["max_norm"]),
         ("sparsity", "for-loop"): lambda ps: _loop_magnitude_prune(ps, kw["sparsity"]),
         ("sparsity_global", "for-loop"): lambda ps: _global_magnitude_prune(ps, kw["sparsity"]),
+        ("channel_sparsity", "for-loop"): lambda ps: _loop_channel_prune(ps, kw["channel_sparsity"]),
     }
     fn = passes.get((reg, style))
     return None if fn is None else torch.no_grad()(fn)

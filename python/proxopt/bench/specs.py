@@ -65,6 +65,8 @@ REGULARIZERS = {
     # the sparsity budget: 90 % zeros per tensor, or over all regularized tensors together
     "sparsity": RegularizerSpec("sparsity", {"sparsity": 0.9}),
     "sparsity_global": RegularizerSpec("sparsity_global", {"sparsity": 0.9, "sparsity_scope": "group"}),
+    # the channel budget: half of each matrix's rows zero
+    "channel_sparsity": RegularizerSpec("channel_sparsity", {"channel_sparsity": 0.5}),
 }
 
 DEFAULT_REGULARIZERS = ("l1", "l2", "group_lasso", "sparsity", "sparsity_global")
