@@ -1,6 +1,9 @@
 """The CUDA kernel of ``torch.ops.proxopt.step`` (``proxopt._C_cuda``).
 
-* always: the backend says why the CUDA kernels are not usable without a GPU;
+* without a GPU: the backend says why the CUDA kernels are not used (the module's
+  import error, or the CUDA error its probe reports);
+* with a GPU and ``proxopt._C_cuda`` built: the backend reports the kernels usable on every
+  device, and a CUDA step calls the operator, never the reference;
 * where ``proxopt._C_cuda`` is built (also without a GPU): the launch packing, on the
   host, with the kernel's own decoding (every element in exactly one block, the
   kernel-argument limit, at most ``MAX_BUCKETS`` hyperparameter sets per launch);
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 
 import pytest
 import torch
@@ -23,38 +27,96 @@ import torch
 import proxopt
 from optim_db import OPTIMS, TOL, assert_close_scaled, prox_configs
 
+from proxopt import _dispatch, reference
+
 try:
     from proxopt import _C_cuda
-except ImportError:  # not built here
-    _C_cuda = None
+
+    IMPORT_ERROR = None
+except ImportError as exc:  # not built here
+    _C_cuda, IMPORT_ERROR = None, f"{type(exc).__name__}: {exc}"
 
 needs_module = pytest.mark.skipif(_C_cuda is None, reason="proxopt._C_cuda is not built")
-HAS_GPU = torch.cuda.is_available() and proxopt.backend_info()["cuda_kernels"]
+# Decided without asking proxopt's backend (the thing under test): a GPU torch sees and the
+# module built. A GPU machine whose build cannot use its GPU fails the tests below, not skips them.
+HAS_GPU = torch.cuda.is_available() and _C_cuda is not None
+# Neither torch nor the module's own CUDA runtime sees a device.
+NO_GPU = not torch.cuda.is_available() and (_C_cuda is None or _C_cuda.probe()[0] == 0)
 
 
 def needs_gpu(fn):
-    """Marks a test `cuda` and skips it without a usable GPU and proxopt._C_cuda."""
+    """Marks a test `cuda` and skips it without a GPU or without proxopt._C_cuda."""
     return pytest.mark.cuda(pytest.mark.skipif(not HAS_GPU, reason="needs an NVIDIA GPU and proxopt._C_cuda")(fn))
 
 
 # ---- without a GPU ------------------------------------------------------------------------
 
 
-def test_backend_info_says_why_cuda_is_not_used():
+@pytest.mark.skipif(_C_cuda is not None, reason="proxopt._C_cuda is built here")
+def test_without_the_module_the_reason_is_its_import_error():
     info = proxopt.backend_info()
-    assert isinstance(info["cuda_kernels"], bool)
-    if not info["cuda_kernels"]:
-        assert info["cuda_kernels_error"], "no reason given for the missing CUDA kernels"
+    assert info["cuda_kernels"] is False
+    assert info["cuda_kernels_error"] == IMPORT_ERROR
 
 
-def test_cuda_params_without_kernels_use_the_reference():
-    """Without a GPU no parameter is on CUDA; the routing rule itself: a device the kernels
-    cannot reach takes the reference path (checked with a meta tensor's device type)."""
-    from proxopt import _dispatch
+@pytest.mark.skipif(_C_cuda is None or not NO_GPU, reason="needs proxopt._C_cuda built and no GPU")
+def test_without_a_gpu_the_reason_is_the_probes_cuda_error():
+    _, why = _C_cuda.probe()
+    assert re.match(r"cudaError\w+: \S", why), why  # the CUDA error's name and its text
+    info = proxopt.backend_info()
+    assert info["cuda_kernels"] is False
+    assert info["cuda_kernels_error"] == f"proxopt._C_cuda cannot use the GPU: {why}"
 
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU is visible")
+def test_without_a_gpu_no_device_takes_the_kernels():
+    """No device index passes the kernels' device check, and the routing rule sends a
+    device the kernels cannot reach to the reference (a meta tensor's device type)."""
     assert not _dispatch.kernel_takes(torch.empty(4, device="meta"), None)
-    if not HAS_GPU:
-        assert proxopt._native.cuda_module() is None or not torch.cuda.is_available()
+    assert proxopt._native.cuda_device_ok(0) is False
+    assert proxopt.backend_info()["cuda_device_errors"][0] == "proxopt._C_cuda is not loaded"
+
+
+@needs_gpu
+def test_with_a_gpu_the_kernels_are_usable_on_every_device():
+    count, why = _C_cuda.probe()
+    assert (count, why) == (torch.cuda.device_count(), "")
+    for index in range(count):
+        assert proxopt._native.cuda_device_ok(index), proxopt.backend_info()["cuda_device_errors"]
+    info = proxopt.backend_info()
+    assert info["cuda_kernels"] is True
+    assert info["cuda_kernels_error"] is None
+    assert info["cuda_device_errors"] == {}
+    assert _dispatch.kernel_takes(torch.empty(4, device="cuda"), torch.empty(4, device="cuda"))
+
+
+@needs_gpu
+def test_with_a_gpu_a_step_calls_the_operator_never_the_reference(monkeypatch):
+    """Without this the tests against the reference below would pass on a build whose CUDA
+    steps fell back to the reference (on the GPU, with the reference's own values)."""
+    calls = []
+    run = _dispatch._run
+
+    def run_spy(spec, call, args):
+        taken = run(spec, call, args)  # False: the operator refused a tensor
+        if not args.check_only:
+            calls.append((call.device.type, taken))
+        return taken
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("a CUDA step took the reference path")
+
+    monkeypatch.setattr(_dispatch, "_run", run_spy)
+    monkeypatch.setattr(reference, "step_tensor", no_reference)
+    ps = [torch.randn(s, device="cuda", requires_grad=True) for s in [(100,), (8, 30)]]
+    before = [p.detach().clone() for p in ps]
+    o = proxopt.AdamW(ps, lr=0.1, l1=0.01)
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    o.step()
+    assert calls == [("cuda", True)]
+    for p, b in zip(ps, before):
+        assert not torch.equal(p.detach(), b)
 
 
 @needs_module
