@@ -218,3 +218,46 @@ def test_group_lasso_trained_model_prunes_exactly(rng):
     pruned = prune_zero_channels(model)
     assert _params(pruned) < _params(model)
     _check_equal(model, pruned, x)
+
+
+def _tied_chain():
+    """Linear 0 -> ReLU -> Linear 2 -> ReLU -> Linear 4, the weights of 0 and 2 one tensor."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model[2].weight = model[0].weight
+    _zero_rows(model[0], [1])
+    return model
+
+
+def test_tied_weights_raise_naming_both_modules(rng):
+    model = _tied_chain()
+    before = {n: p.detach().clone() for n, p in model.named_parameters(remove_duplicate=False)}
+    with pytest.raises(PruningError, match=r"0\.weight and 2\.weight are one tensor \(tied weights\)"):
+        prune_zero_channels(model)
+    assert model[2].weight is model[0].weight  # the input is untouched
+    for n, p in model.named_parameters(remove_duplicate=False):
+        assert torch.equal(p, before[n]), n
+    # strict=False keeps those channels, and the copy stays tied
+    pruned, report = prune_zero_channels(model, strict=False, report=True)
+    assert pruned[2].weight is pruned[0].weight and pruned[0].out_features == 4
+    assert report.layers[0].kept_zero == {1: "0.weight and 2.weight are one tensor (tied weights), which pruning 0 would untie"}
+    _check_equal(model, pruned, torch.randn(3, 4, generator=rng))
+
+
+def test_tie_elsewhere_does_not_block_pruning(rng):
+    # a tied tensor that pruning never touches (a later pair of layers) is no obstacle
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model[6].weight = model[4].weight
+    _zero_rows(model[0], [2])
+    pruned = prune_zero_channels(model)
+    assert pruned[0].out_features == 4 and pruned[2].in_features == 4
+    assert pruned[6].weight is pruned[4].weight
+    _check_equal(model, pruned, torch.randn(3, 3, generator=rng))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors is a no-op")
+def test_empty_weights_are_measured_not_reshaped(rng):
+    # reshape(n, -1) of a tensor with no elements is ambiguous; a width-0 layer must not crash
+    model = nn.Sequential(nn.Linear(4, 0), nn.ReLU(), nn.Linear(0, 2))
+    pruned, report = prune_zero_channels(model, report=True)
+    assert [(lp.channels_before, lp.channels_after) for lp in report.layers] == [(0, 0), (2, 2)]
+    _check_equal(model, pruned, torch.randn(3, 4, generator=rng))

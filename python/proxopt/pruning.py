@@ -61,6 +61,15 @@ Any other module between a producer that has zero channels and its consumer
 ``strict=False``, keeps those channels). A module whose class overrides
 ``nn.Sequential.forward`` is not treated as a chain and raises too.
 
+Tied weights (one parameter or buffer held by two modules, ``b.weight =
+a.weight``) raise :class:`PruningError` naming both when a pruning would
+slice one of them (``strict=False``: those channels are kept and the tie
+stays). Slicing one user would leave the other with the old tensor, and the
+two users generally need different slices (output rows in one, input
+columns or nothing in the other), so no pruning keeps the tie in general; a
+tie is a constraint the model's author chose, so it is reported, not broken.
+Ties that no pruning touches are kept in the copy.
+
 The comparison is in **eval mode**: BatchNorm uses its running statistics
 and Dropout is the identity. The pruned model is meant for inference; it is
 returned in the same train/eval mode as the input. The input model is not
@@ -196,7 +205,7 @@ def _describe(m: nn.Module) -> str:
 
 
 def _zero_rows(w: torch.Tensor) -> torch.Tensor:
-    return (w.reshape(w.shape[0], -1) == 0).all(dim=1)
+    return (w.flatten(1) == 0).all(dim=1)  # not reshape(n, -1): ambiguous for an empty weight
 
 
 def _pad_is_zero(conv: nn.Module) -> bool:
@@ -340,6 +349,28 @@ def _fold(consumer: nn.Module, cols: list[int], value: float) -> None:
         consumer.bias.copy_((consumer.bias.double() + contrib).to(consumer.bias.dtype))
 
 
+def _owners(model: nn.Module) -> dict[int, list[str]]:
+    """id(tensor) -> the qualified names of the modules that hold it as their
+    own parameter or buffer (two or more: a tied tensor)."""
+    out: dict[int, list[str]] = {}
+    for mname, m in model.named_modules():
+        for tname, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]:
+            if t is not None:
+                out.setdefault(id(t), []).append(f"{mname}.{tname}" if mname else tname)
+    return out
+
+
+def _tie(modules: list[tuple[str, nn.Module]], owners: dict[int, list[str]]) -> str | None:
+    """Why slicing ``modules`` would untie a tensor they share with another
+    module (or with each other), or None."""
+    for mname, m in modules:
+        for t in [*m.parameters(recurse=False), *m.buffers(recurse=False)]:
+            names = owners.get(id(t), [])
+            if len(names) > 1:
+                return f"{' and '.join(names)} are one tensor (tied weights), which pruning {mname} would untie"
+    return None
+
+
 def _n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -369,6 +400,7 @@ def prune_zero_channels(model: nn.Module, *, report: bool = False, strict: bool 
         if id(m) in seen:
             raise PruningError(f"prune_zero_channels: module {name} is the same object as {seen[id(m)]} (shared weights)")
         seen[id(m)] = name
+    owners = _owners(model)
 
     layers: list[LayerPruning] = []
     for idx, (_, _, name, prod) in enumerate(leaves):
@@ -413,6 +445,16 @@ def prune_zero_channels(model: nn.Module, *, report: bool = False, strict: bool 
         if len(candidates) == n_out:  # keep one channel: no layer of width 0
             lp.kept_zero[candidates[0][0]] = "every channel is zero (one kept)"
             candidates = candidates[1:]
+        touched = [(name, prod), *((leaves[i][2], m) for i, m in walk.between), (leaves[walk.consumer][2], consumer)]
+        tie = _tie(touched, owners) if candidates else None
+        if tie is not None and strict:
+            raise PruningError(
+                f"prune_zero_channels: {name} has {len(candidates)} removable all-zero output channels, but {tie}. "
+                "Untie them (give each module its own copy), or pass strict=False to keep those channels."
+            )
+        if tie is not None:
+            lp.kept_zero.update((j, tie) for j, _ in candidates)
+            continue
         removed = [j for j, _ in candidates]
         folded = []
         for j, const in candidates:
