@@ -324,3 +324,60 @@ def test_load_state_dict_checks_the_state():
     with pytest.raises(ValueError, match=r"unknown entries \['gain'\]"):
         ctl.load_state_dict({**state, "gain": 2.0})
     assert ctl.state_dict() == state
+
+
+@pytest.mark.parametrize(
+    "entry,value,exc,match",
+    [("step_size", -0.1, ValueError, r"Invalid state_dict\['step_size'\] value: -0.1 \(finite and > 0\)"),
+     ("step_size", float("nan"), ValueError, r"Invalid state_dict\['step_size'\] value: nan"),
+     ("log_scale", float("inf"), ValueError, r"Invalid state_dict\['log_scale'\] value: inf"),
+     ("base_values", [-1e-3], ValueError, r"Invalid state_dict\['base_values'\] value: -0.001 \(finite and > 0\)"),
+     ("_last_value", [0.0, 0.0], ValueError, r"Invalid state_dict\['_last_value'\] value: 0.0 \(finite and > 0\)"),
+     ("_last_value", [float("inf"), 0.0], ValueError, r"Invalid state_dict\['_last_value'\] value: inf"),
+     ("measured", 1.5, ValueError, r"Invalid state_dict\['measured'\] value: 1.5 \(a fraction in \[0, 1\]\)"),
+     ("error", float("nan"), ValueError, r"Invalid state_dict\['error'\] value: nan \(finite, or None\)"),
+     ("last_epoch", -1, ValueError, r"Invalid state_dict\['last_epoch'\] value: -1"),
+     ("_step_count", 2.0, TypeError, r"Invalid state_dict\['_step_count'\] value: 2.0 \(a float; expected an int\)"),
+     ("step_size", "0.1", TypeError, r"Invalid state_dict\['step_size'\] value: '0.1'")],
+)  # fmt: skip
+def test_load_state_dict_checks_each_entry_and_modifies_nothing(entry, value, exc, match):
+    state = _saved()
+    opt = _opt()
+    ctl = proxopt.SparsityTarget(opt, 0.5, by_step=10, every=1)
+    before = (dict(ctl.state_dict()), opt.param_groups[0]["l1"])
+    with pytest.raises(exc, match=match):
+        ctl.load_state_dict({**state, entry: value})
+    assert (ctl.state_dict(), opt.param_groups[0]["l1"]) == before
+    ctl.load_state_dict(state)  # the valid state loads, with a None error too
+    ctl.load_state_dict({**state, "error": None})
+    assert ctl.error is None and ctl.step_size == state["step_size"]
+
+
+def _group_lasso_opt(dim=0):
+    w = torch.nn.Parameter(torch.randn(3, 4))
+    return proxopt.SGD([{"params": [w], "group_lasso": 1e-3, "group_dim": dim}], lr=0.1)
+
+
+@pytest.mark.parametrize("dim", [2, 5, -3])
+def test_measurement_rejects_an_out_of_range_group_dim(dim):
+    # the optimizer checks group_dim when the group is added; a value set afterwards must
+    # not be wrapped (5 % 2 == 1) into another dim's groups
+    opt = _group_lasso_opt()
+    opt.param_groups[0]["group_dim"] = dim
+    with pytest.raises(ValueError, match=f"Invalid group_dim value: {dim} for parameter 0 of its param group of shape"):
+        proxopt.SparsityTarget(opt, 0.5, by_step=10, key="group_lasso")
+    assert opt.param_groups[0]["group_lasso"] == 1e-3
+
+
+def test_step_with_an_out_of_range_group_dim_moves_nothing():
+    opt = _group_lasso_opt()
+    ctl = proxopt.SparsityTarget(opt, 0.5, by_step=10, key="group_lasso", every=2)
+    ctl.step()  # not a measuring step
+    opt.param_groups[0]["group_dim"] = 2
+    before = (dict(ctl.state_dict()), opt.param_groups[0]["group_lasso"])
+    with pytest.raises(ValueError, match="Invalid group_dim value: 2 for parameter 0"):
+        ctl.step()
+    assert (ctl.state_dict(), opt.param_groups[0]["group_lasso"]) == before
+    opt.param_groups[0]["group_dim"] = -1  # -1 is the last dim, as the optimizer reads it
+    ctl.step()
+    assert ctl.last_epoch == 2 and ctl.measured == 0.0

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LRScheduler
 
+from .checks import check_group_param
 from .optimizer import ProxOptimizer
 from .regularizers import _number, integer
 from .schedules import cubic_ramp
@@ -225,13 +226,16 @@ class SparsityTarget(LRScheduler):
         total = 0
         for i in self.groups:
             group = self.optimizer.param_groups[i]
-            for p in group["params"]:
+            for j, p in enumerate(group["params"]):
+                if self.key == "group_lasso":
+                    # the optimizer's own check: group_dim in range (not wrapped), 2+ dims
+                    check_group_param(group, j, p)
                 if p.numel() == 0:
                     continue
                 if self.key == "l1":
                     count, n = p.numel() - torch.count_nonzero(p), p.numel()
                 else:
-                    dim = group["group_dim"] % p.dim()
+                    dim = group["group_dim"] % p.dim()  # checked above: only maps -1 to dim() - 1
                     others = tuple(d for d in range(p.dim()) if d != dim)
                     # a group is all zero iff its largest |w| is 0 (a reduction: no copy of p)
                     peak = torch.linalg.vector_norm(p.detach(), ord=math.inf, dim=others)
@@ -249,12 +253,14 @@ class SparsityTarget(LRScheduler):
         and write the new λ into the controlled groups."""
         if epoch is not None:
             raise NotImplementedError("SparsityTarget.step() takes no epoch: it counts its own calls")
+        t = self.last_epoch + 1
+        # measure first: if it raises (a group changed under the controller), nothing has moved
+        measured = self._measure() if t % self.every == 0 else None
         self._step_count += 1
-        self.last_epoch += 1
-        t = self.last_epoch
-        if t % self.every != 0:
+        self.last_epoch = t
+        if measured is None:
             return
-        self.measured = self._measure()
+        self.measured = measured
         if t < self.begin_step:
             return
         error = self.target_at(t) - self.measured
@@ -299,7 +305,10 @@ class SparsityTarget(LRScheduler):
         ``begin_step``, ``every``, ``initial_change``, ``max_change``,
         ``tolerance``, ``scale_range``) must equal this controller's, or a
         ValueError names the first that differs. To resume with a changed
-        setting, drop it from the dict. Nothing is modified when it raises."""
+        setting, drop it from the dict. Each state entry is checked too (a
+        step size finite and > 0, each λ finite and > 0, the measured fraction
+        in [0, 1], ...): a ValueError (TypeError for a non-number) names the
+        entry. Nothing is modified when it raises."""
         state = dict(state_dict)
         missing = [k for k in _STATE_KEYS if k not in state]
         if missing:
@@ -330,11 +339,42 @@ class SparsityTarget(LRScheduler):
                 f"state_dict has values for {len(state['_last_value'])} param groups; the optimizer has "
                 f"{len(self.optimizer.param_groups)}"
             )
+        checked = self._checked_state(state)
         for name in _STATE_KEYS:
-            value = state[name]
-            setattr(self, name, list(value) if isinstance(value, list) else value)  # no list shared with the dict
+            setattr(self, name, checked[name])
         for i in self.groups:
             self.optimizer.param_groups[i][self.key] = self._last_value[i]
+
+
+    def _checked_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The state entries, each checked and converted (fresh lists: none shared
+        with the dict); a bad one is an error naming it."""
+
+        def number(name: str, value: Any, ok, want: str) -> float:
+            v = _number(f"state_dict[{name!r}]", value)
+            if not ok(v):  # the conditions are false for NaN
+                raise ValueError(f"Invalid state_dict[{name!r}] value: {value!r} ({want})")
+            return v
+
+        def count(name: str) -> int:
+            v = integer(f"state_dict[{name!r}]", state[name])
+            if v < 0:
+                raise ValueError(f"Invalid state_dict[{name!r}] value: {v} (a count of steps: must be >= 0)")
+            return v
+
+        positive = (lambda v: 0.0 < v < math.inf), "finite and > 0"
+        out = {"last_epoch": count("last_epoch"), "_step_count": count("_step_count")}
+        out["log_scale"] = number("log_scale", state["log_scale"], math.isfinite, "log(λ/λ₀): finite")
+        out["step_size"] = number("step_size", state["step_size"], *positive)
+        error = state["error"]
+        out["error"] = None if error is None else number("error", error, math.isfinite, "finite, or None")
+        out["measured"] = number("measured", state["measured"], lambda v: 0.0 <= v <= 1.0, "a fraction in [0, 1]")
+        out["base_values"] = [number("base_values", v, *positive) for v in state["base_values"]]
+        last = list(state["_last_value"])
+        for i in self.groups:  # the λ written into the controlled groups
+            last[i] = number("_last_value", last[i], *positive)
+        out["_last_value"] = last
+        return out
 
 
 def _scale_range(value: Any) -> tuple[float, float]:
