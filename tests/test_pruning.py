@@ -239,13 +239,15 @@ def test_tied_weights_raise_naming_both_modules(rng):
     # strict=False keeps those channels, and the copy stays tied
     pruned, report = prune_zero_channels(model, strict=False, report=True)
     assert pruned[2].weight is pruned[0].weight and pruned[0].out_features == 4
-    assert report.layers[0].kept_zero == {1: "0.weight and 2.weight are one tensor (tied weights), which pruning 0 would untie"}
+    reason = "0.weight and 2.weight are one tensor (tied weights), which pruning 0 would untie"
+    assert report.layers[0].kept_zero == {1: reason}
     _check_equal(model, pruned, torch.randn(3, 4, generator=rng))
 
 
 def test_tie_elsewhere_does_not_block_pruning(rng):
     # a tied tensor that pruning never touches (a later pair of layers) is no obstacle
-    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(),
+                          nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))  # fmt: skip
     model[6].weight = model[4].weight
     _zero_rows(model[0], [2])
     pruned = prune_zero_channels(model)
