@@ -93,6 +93,43 @@ class SparsityReport:
             ],
         }
 
+    def scalars(self, prefix: str = "sparsity/", per_param: bool = True) -> dict[str, float]:
+        """The report as flat ``name -> float`` pairs, for
+        ``SummaryWriter.add_scalar``, ``wandb.log`` or a Lightning logger.
+
+        The names, after ``prefix``: ``fraction`` (zeros over every
+        parameter), ``regularized/fraction``, ``unregularized/fraction``,
+        ``zero_channels`` (all-zero groups along dim 0, summed over the
+        parameters: output rows or channels), ``zero_inputs`` (along dim 1),
+        ``zero_groups_dim{d}`` for any other dim the report counted;
+        ``target`` and ``target_met`` (1.0 or 0.0) when a target was given;
+        and with ``per_param``, ``fraction/{name}`` and
+        ``zero_channels/{name}`` (etc.) for each parameter.
+
+        Args:
+            prefix: prepended to every name (``""`` for none).
+            per_param: include one entry per parameter (many tags for a big model).
+        """
+        if not isinstance(prefix, str):
+            raise TypeError(f"Invalid prefix value: {prefix!r} (a {type(prefix).__name__}; expected a str)")
+        out = {
+            f"{prefix}fraction": float(self.fraction),
+            f"{prefix}regularized/fraction": float(self.regularized.fraction),
+            f"{prefix}unregularized/fraction": float(self.unregularized.fraction),
+        }
+        dims = sorted({d for p in self.params for d in p.zero_groups})
+        for d in dims:
+            out[f"{prefix}{_group_name(d)}"] = float(sum(p.zero_groups[d][0] for p in self.params if d in p.zero_groups))
+        if self.target is not None:
+            out[f"{prefix}target"] = float(self.target)
+            out[f"{prefix}target_met"] = float(self.target_met)
+        if per_param:
+            for p in self.params:
+                out[f"{prefix}fraction/{p.name}"] = float(p.fraction)
+                for d, (zero, _) in p.zero_groups.items():
+                    out[f"{prefix}{_group_name(d)}/{p.name}"] = float(zero)
+        return out
+
     def table(self) -> str:
         """A plain-text table: one row per parameter, then the total."""
         rows = [("parameter", "shape", "zeros", "zero groups (dim: zero/total)")]
@@ -113,6 +150,12 @@ class SparsityReport:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _group_name(dim: int) -> str:
+    """What scalars() calls the all-zero groups along ``dim`` (sparsity()'s
+    docstring: dim 0 are output rows/channels, dim 1 inputs)."""
+    return {0: "zero_channels", 1: "zero_inputs"}.get(dim, f"zero_groups_dim{dim}")
 
 
 def _regularized_by(optimizer: Any) -> dict[int, bool]:
@@ -162,7 +205,8 @@ def sparsity(
             if t.dim() >= 2:
                 for d in dims:
                     if d < t.dim():
-                        alive = nz.movedim(d, 0).reshape(t.shape[d], -1).any(dim=1)
+                        # flatten, not reshape(n, -1): -1 is ambiguous when a tensor has no elements
+                        alive = nz.movedim(d, 0).flatten(1).any(dim=1)
                         groups[d] = (int((~alive).sum()), t.shape[d])
             if by_group is not None:
                 regularized = by_group.get(id(p), False)
