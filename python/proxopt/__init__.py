@@ -17,6 +17,7 @@ from .schedules import RegularizerScheduler
 from .sgd import SGD
 from .sparsity import SparsityReport, sparsity
 from .sparsity_target import SparsityTarget
+from . import callbacks  # noqa: E402  (proxopt.callbacks: it imports no framework until a class is used)
 
 __version__ = "0.1.0"
 
