@@ -25,7 +25,12 @@ the values set by the last ``step()``.
 It is a subclass of ``torch.optim.lr_scheduler.LRScheduler`` only so that training
 frameworks that accept "an LRScheduler" (PyTorch Lightning's ``configure_optimizers``,
 Hugging Face's ``Trainer``) take it; it never changes the learning rate, and its
-``get_last_lr()`` reports the optimizer's current learning rates.
+``get_last_lr()`` reports the optimizer's current learning rates. So Lightning's
+``LearningRateMonitor``, which logs the learning rates of every scheduler's
+optimizer, logs it as one more copy of the learning rate (``lr-AdamW-1`` beside
+the lr scheduler's ``lr-AdamW``; ``/pg1``, ``/pg2``... per param group), never as
+the regularizer: log the regularizer with
+:class:`proxopt.callbacks.LightningSparsityLogger` (or ``HFSparsityLogger``).
 """
 
 from __future__ import annotations

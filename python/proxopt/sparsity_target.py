@@ -14,7 +14,9 @@ controls until the fraction follows a ramp to the target, then holds it::
 
 It follows :class:`proxopt.RegularizerScheduler`'s conventions (a subclass of
 ``LRScheduler`` for frameworks that want one; ``last_epoch`` counts ``step()``
-calls; ``get_last_value()``; ``state_dict()``/``load_state_dict()``).
+calls; ``get_last_value()``; ``state_dict()``/``load_state_dict()``). Lightning's
+``LearningRateMonitor`` logs it as a copy of the learning rate; the callbacks
+of :mod:`proxopt.callbacks` log its λ, target and measured fraction.
 """
 
 from __future__ import annotations
