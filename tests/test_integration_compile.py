@@ -7,9 +7,22 @@
   graph break, on the CPU (where torch's own fused AdamW graph-breaks) and on CUDA, and
   gives the eager result bit for bit. A tensor lr changed by a scheduler costs no
   recompilation.
+* Hyperparameters are data of the compiled step, not constants: the traced step hands
+  every float of its param groups to the operator ``proxopt::traced_step`` in one float64
+  tensor (tensors as they are), which validates them with the eager checks when the graph
+  runs and calls ``proxopt::step``. A float lr or strength changed every step (by hand, by
+  an LR scheduler, ``RegularizerScheduler``, ``SparsityTarget``, the budget's ramp) costs
+  one recompilation, its first change (Dynamo then makes it dynamic); a tensor one none.
+  Several optimizers compiled through one helper work the same way.
+* Invalid values raise the eager errors (``Invalid ...``), before anything is written,
+  also a tensor lr set to -1 or NaN in place.
+* A non-contiguous grad takes the reference path as eagerly (the plan is rebuilt when
+  Dynamo retraces for the new strides); should one still reach the operator, its error
+  says what to do instead of naming an internal reroute.
 * The compiled step moves no more memory than the eager one: after inductor's post-grad
   passes the graph calls the operator on the parameters and states themselves (no clone
-  from functionalization, no copy but the no-op ``copy_(x, x)`` that marks a mutation).
+  from functionalization, no copy but the no-op ``copy_(x, x)`` that marks a mutation);
+  its other nodes only pack the float hyperparameters.
 """
 
 from __future__ import annotations
@@ -130,13 +143,15 @@ def test_compiled_optimizer_step_fullgraph_equals_eager(name, kw, reg, device, p
     # the operator runs in place on the graph's inputs: nothing is cloned or copied
     (graph,) = post_grad_graphs
     ops = [n for n in graph.nodes if n.op == "call_function"]
-    assert sum(n.target is torch.ops.proxopt.step.default for n in ops) == 1
+    (call,) = [n for n in ops if n.target is torch.ops.proxopt.traced_step.default]
+    params, states = call.args[2], call.args[4]
+    assert all(a.op == "placeholder" for a in params + states), call.format_node()
     for n in ops:
         assert n.target is not torch.ops.aten.clone.default, graph
         if n.target is torch.ops.aten.copy_.default:
             assert n.args[0] is n.args[1], f"a real copy in the compiled step: {n.format_node()}"
-        else:
-            assert n.target is torch.ops.proxopt.step.default, n.format_node()
+        elif n is not call:  # the rest packs the float hyperparameters into one float64 tensor
+            assert n.meta["val"].dtype == torch.float64 and n.meta["val"].numel() <= 64, n.format_node()
 
 
 def test_step_inside_compiled_training_function_equals_eager():
@@ -202,3 +217,231 @@ def test_plan_changes_under_compile_recompile_and_stay_correct():
     both(g, lambda o, params: o.state[params[0]].__setitem__("exp_avg", torch.full((6, 4), 0.5)))
     assert set(map(id, opt.state)) == set(map(id, ps))
     assert dict(counters["graph_break"]) == {}
+
+
+# ---- hyperparameters that change between steps ----------------------------------------------
+
+
+def _run(make_opt, steps: int, compiled: bool, between=None, attach=None):
+    """Train ``_model()`` for ``steps`` steps with ``make_opt(model)``, the step compiled
+    (fullgraph) or eager; ``attach(opt)`` makes its schedulers (after the step was taken:
+    an LRScheduler wraps ``opt.step`` in a function Dynamo does not trace), and
+    ``between(opt, i)`` runs after step i, outside the step."""
+    model = _model()
+    opt = make_opt(model)
+    bound = opt.step
+
+    def step():
+        bound()
+
+    fn = torch.compile(step, fullgraph=True) if compiled else step
+    if attach is not None:
+        attach(opt)
+    for i, (x, y) in enumerate(_data(steps)):
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        fn()
+        if between is not None:
+            between(opt, i)
+    return model, opt
+
+
+def _assert_same(a, b):
+    """Bitwise equal parameters and optimizer state (the same kernel ran in both)."""
+    (ma, oa), (mb, ob) = a, b
+    for p, q in zip(ma.parameters(), mb.parameters()):
+        assert torch.equal(p, q)
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].keys() == sb[k].keys()
+        for key in sa[k]:
+            # (the budget's statistics hold NaN where a probe is unused)
+            torch.testing.assert_close(sa[k][key], sb[k][key], rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+def _graphs() -> int:
+    return counters["stats"]["unique_graphs"]
+
+
+def test_several_optimizers_through_one_compiled_helper_equal_eager():
+    """Optimizers of other classes and hyperparameters compiled through one helper
+    (one code object: Dynamo makes the floats that differ between them dynamic)."""
+    cases = [("AdamW", {}, {"l1": 1e-3}), ("SGD", {"momentum": 0.9}, {"l1": 1e-3}),
+             ("Adam", {"weight_decay": 1e-2}, {"l2": 1e-3})]
+
+    def run(name, kw, reg, compiled):
+        return _run(lambda m: getattr(proxopt, name)(m.parameters(), lr=1e-2, **kw, **reg), 4, compiled)
+
+    for name, kw, reg in cases:
+        _assert_same(run(name, kw, reg, True), run(name, kw, reg, False))
+    assert dict(counters["graph_break"]) == {}
+
+
+def _set_lr_and_l1(opt, i):
+    for g in opt.param_groups:
+        g["lr"] = 1e-2 / (i + 2)
+        g["l1"] = 1e-3 * (i + 2)
+
+
+def _with_schedulers(kind):
+    """(attach, between): a scheduler of ``kind`` on l1 and a LambdaLR on the float lr,
+    both stepped outside the compiled step."""
+    schedulers = []
+
+    def attach(opt):
+        if kind == "RegularizerScheduler":
+            schedulers.append(proxopt.RegularizerScheduler(opt, "l1", proxopt.schedules.linear_warmup(5)))
+        else:
+            schedulers.append(proxopt.SparsityTarget(opt, target=0.5, by_step=6, every=1))
+        schedulers.append(torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (t + 1)))
+
+    def between(opt, i):
+        for s in schedulers[-2:]:
+            s.step()
+
+    return attach, between
+
+
+@pytest.mark.parametrize("how", ["by hand", "RegularizerScheduler", "SparsityTarget"])
+def test_float_lr_and_l1_changed_every_step_recompile_once_and_equal_eager(how):
+    def make(m):
+        return proxopt.AdamW(m.parameters(), lr=1e-2, l1=1e-3)
+
+    runs, seen = [], []
+    for compiled in (True, False):
+        attach, between = (None, _set_lr_and_l1) if how == "by hand" else _with_schedulers(how)
+        runs.append(_run(make, 7, compiled, lambda opt, i: (between(opt, i), seen.append(opt.param_groups[0]["l1"])),
+                         attach))
+    assert len(set(seen)) >= 5, seen  # the strength really changed
+    assert _graphs() <= 2, f"{_graphs()} graphs: a float that changes every step recompiled the step"
+    _assert_same(*runs)
+
+
+def test_tensor_lr_and_tensor_strengths_changed_in_place_no_recompile():
+    def make(m):
+        return proxopt.Adam(m.parameters(), lr=torch.tensor(1e-2), l1=torch.tensor(1e-3), l2=torch.tensor(1e-2),
+                            sparsity=torch.tensor(0.25))
+
+    def between(opt, i):
+        g = opt.param_groups[0]
+        g["lr"].fill_(1e-2 / (i + 2))
+        g["l1"].fill_(1e-3 * (i + 2))
+        g["sparsity"].fill_(0.25 + 0.05 * i)
+
+    compiled = _run(make, 6, True, between)
+    assert _graphs() == 1
+    _assert_same(compiled, _run(make, 6, False, between))
+
+
+def test_sparsity_budget_ramped_every_step_under_fullgraph_equals_eager():
+    """``sparsity=`` with its target on a cubic ramp (gradual magnitude pruning), set every step."""
+    def make(m):
+        return proxopt.SGD(m.parameters(), lr=0.05, momentum=0.9, sparsity=0.6)
+
+    def attach(opt):
+        scheds.append(proxopt.RegularizerScheduler(opt, "sparsity", proxopt.schedules.cubic_ramp(20, start=0.1)))
+
+    scheds = []
+    compiled = _run(make, 8, True, lambda opt, i: scheds[-1].step(), attach)
+    assert _graphs() <= 2, f"{_graphs()} graphs: a sparsity target that changes every step recompiled the step"
+    s = compiled[1].param_groups[0]["sparsity"]
+    assert 0.1 * 0.6 < s < 0.6
+    _assert_same(compiled, _run(make, 8, False, lambda opt, i: scheds[-1].step(), attach))
+    assert (compiled[0][0].weight == 0).float().mean() >= s - 0.05  # the budget acted
+
+
+def test_lr_scheduler_inside_a_compiled_function_equals_eager():
+    """A compiled function that steps the optimizer and then an LR scheduler on a float
+    lr. Dynamo runs the scheduler's step eagerly (torch marks it not to be traced) and
+    traces the optimizer's (taken before the scheduler wrapped it); the step reads the
+    lr the scheduler set at the previous call, and a new lr each call recompiles once."""
+    runs = []
+    for compiled in (True, False):
+        model = _model()
+        opt = proxopt.AdamW(model.parameters(), lr=1e-2, l1=1e-3)
+        step = opt.step
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (t + 1))
+
+        def update():
+            step()
+            sched.step()
+
+        fn = torch.compile(update) if compiled else update
+        for x, y in _data(6):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            fn()
+        runs.append((model, opt))
+    _assert_same(*runs)
+    assert runs[0][1].param_groups[0]["lr"] == 1e-2 / 7
+    assert _graphs() <= 2, f"{_graphs()} graphs: the lr the scheduler set recompiled the step"
+    assert [str(k) for k in counters["graph_break"]] and all("LRScheduler.step" in str(k) for k in counters["graph_break"])
+
+
+# ---- what a compiled step refuses, as eagerly -----------------------------------------------
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("lr", -1.0, r"^Invalid learning rate: -1\.0$"),
+    ("l1", -0.05, r"^Invalid l1 value: -0\.05$"),
+    ("bounds", (1.0, 0.0), r"^Invalid bounds value: \(1\.0, 0\.0\) \(need lo <= hi\)$"),
+])
+def test_compiled_step_refuses_invalid_edits_as_eager(key, value, message):
+    model, opt = _run(lambda m: proxopt.AdamW(m.parameters(), lr=1e-2, l1=1e-3), 2, True)
+    step = torch.compile(opt.step, fullgraph=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=message):
+        step()
+    with pytest.raises(ValueError, match=message):
+        opt.step()
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("value,shown", [(-1.0, r"-1\.0"), (float("nan"), "nan")])
+def test_compiled_step_refuses_a_tensor_lr_filled_with_an_invalid_value(value, shown):
+    model, opt = _run(lambda m: proxopt.Adam(m.parameters(), lr=torch.tensor(1e-2)), 2, True)
+    step = torch.compile(opt.step, fullgraph=True)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.param_groups[0]["lr"].fill_(value)
+    with pytest.raises(ValueError, match=f"^Invalid learning rate: {shown}$"):
+        step()
+    with pytest.raises(ValueError, match=f"^Invalid learning rate: {shown}$"):
+        opt.step()
+    for p, q in zip(model.parameters(), before):
+        assert torch.equal(p, q)
+
+
+def test_compiled_step_takes_a_non_contiguous_grad_as_eager():
+    """Eagerly the operator refuses a non-contiguous grad and the step sends the tensor
+    to the reference path; a compiled step plans the same before it traces the call."""
+    runs = []
+    for compiled in (True, False):
+        w = torch.nn.Parameter(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)))
+        opt = proxopt.Adam([w], lr=1e-2, l1=1e-3)
+        step = torch.compile(opt.step, fullgraph=True) if compiled else opt.step
+        g = torch.Generator().manual_seed(1)
+        for i in range(3):
+            grad = torch.randn(4, 6, generator=g)
+            w.grad = grad.t() if i == 1 else grad.t().contiguous()  # the second step: a transposed view
+            step()
+        runs.append(w.detach().clone())
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-6, atol=1e-7)
+
+
+def test_compiled_operator_names_a_tensor_it_cannot_take():
+    """The operator of a compiled step refuses a non-contiguous grad that bypassed the
+    plan with a message that says what to do (not the operator's internal one)."""
+    w = torch.nn.Parameter(torch.randn(6, 4))
+    opt = proxopt.Adam([w], lr=1e-2)
+    w.grad = torch.randn(6, 4)
+    opt.step()
+    call = opt._plan.calls[0]
+    traced = proxopt._compiled.traced(opt._owner, opt.param_groups, [0], [(0, 0)])
+    with pytest.raises(ValueError, match=r"^proxopt\.Adam: parameter 0 of its param group: grad not contiguous "
+                                         r"under torch\.compile\. .*make it contiguous before the step"):
+        traced.run(proxopt._dispatch.StepArgs(
+            [w], [torch.randn(4, 6).t()], call.states, call.steps, call.layout, traced, [], None, None, None, None,
+            False))

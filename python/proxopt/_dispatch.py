@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from . import _native, reference
+from . import _compiled, _native, reference
 from .checks import check_grad, label
 from .distributed import is_dtensor, local_tensor, sharded_group_prox_, split_group_prox
 from .hyper import HYPER_FIELDS, Hyper, hyper_values
@@ -58,7 +58,7 @@ class StepArgs(NamedTuple):
     states: list[Tensor]
     steps: list[Tensor]
     layout: Tensor
-    hyper: list[float]
+    hyper: list[float] | Any  # (a traced step: a proxopt._compiled.Traced)
     lrs: list[Tensor | None]
     grad_scale: Tensor | None
     found_inf: Tensor | None
@@ -100,6 +100,7 @@ class StepSpec(NamedTuple):
 
     rule: RuleSpec
     name: str  # "proxopt.AdamW"
+    owner: Any = None  # a proxopt._compiled.Owner: how a traced step's operator call finds its optimizer
 
 
 class Bucket(NamedTuple):
@@ -168,9 +169,11 @@ class Plan(NamedTuple):
     dtensor_groups: list[bool]   # which param groups hold DTensors (FSDP2 shards)
     group_budget: list[str | None]  # each param group's budget keyword, if any (statistics kept)
 
-    def matches(self, groups: list[dict], state: dict, keys: list[tuple[str, ...]]) -> bool:
+    def matches(self, groups: list[dict], state: dict, keys: list[tuple[str, ...]], values: bool = True) -> bool:
         """Whether this plan still describes param groups ``groups`` with state
-        keys ``keys`` and state dict ``state`` (see the module docstring)."""
+        keys ``keys`` and state dict ``state`` (see the module docstring).
+        ``values=False`` skips what depends on a hyperparameter's value (the
+        budget's on/off): a traced step must not branch on a float."""
         if state is not self.state:
             return False
         C = _native.C if _native.C is not None and not torch.compiler.is_compiling() else _PythonChecks
@@ -180,7 +183,7 @@ class Plan(NamedTuple):
                                                           self.group_fused, self.group_budget):
             if k != gkeys or _fused(group) != fused or not C.same_items(group["params"], params):
                 return False
-            if budget_key(group) != budget:
+            if values and budget_key(group) != budget:
                 return False
         if not C.same_state_values(state, self.state_values):
             return False
@@ -450,13 +453,14 @@ def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: li
         # FSDP2: group proxes over groups split across shards run after the kernel, with reduced norms.
         kernel_hypers, deferred = [], []
         for group, h, dt in zip(groups, hypers, plan.dtensor_groups):
-            split = h.has_group and dt
+            split = dt and h.has_group
             kh, later = split_group_prox(h, group["params"], group_dim_of(group)) if split else (h, None)
             kernel_hypers.append(kh)
             deferred.append(later)
         slow = _prepare_slow(spec, plan, groups, state) if plan.slow else []
         compiling = torch.compiler.is_compiling()
-        calls = [(c, _call_args(c, groups, kernel_hypers, grad_scale, found_inf, compiling)) for c in plan.calls]
+        calls = [(c, _call_args(c, groups, kernel_hypers, grad_scale, found_inf, compiling, spec.owner))
+                 for c in plan.calls]
         calls = [(c, a) for c, a in calls if any(g is not None for g in a.grads)]  # no grad: no call
         if len(calls) > 1:  # several devices: every call checks before any writes
             for call, args in calls:
@@ -498,18 +502,22 @@ def _undo_created(plan: Plan, state: dict) -> None:
         state.pop(p, None)
 
 
-def _call_args(call: DeviceCall, groups: list[dict], hypers: list[Hyper], grad_scale, found_inf,
-               compiling: bool) -> StepArgs:
+def _call_args(call: DeviceCall, groups: list[dict], hypers: list[Hyper | None], grad_scale, found_inf,
+               compiling: bool, owner: _compiled.Owner | None = None) -> StepArgs:
     grads = [p.grad for p in call.owners]
     params = call.params
     if call.dtensor:
         grads = [None if g is None else local_tensor(g) for g in grads]
         params = [local_tensor(o) for o in call.owners]
     hyper, lrs = [], []
-    for b in call.buckets:
-        hyper += hyper_values(hypers[b.group])
-        lr = groups[b.group]["lr"]
-        lrs.append(lr if isinstance(lr, Tensor) else None)
+    if compiling and not call.dtensor and owner is not None:
+        # traced: the hyperparameters are data, checked and read when the graph runs
+        hyper = _compiled.traced(owner, groups, [b.group for b in call.buckets], call.where)
+    else:
+        for b in call.buckets:
+            hyper += hyper_values(hypers[b.group])
+            lr = groups[b.group]["lr"]
+            lrs.append(lr if isinstance(lr, Tensor) else None)
     if grad_scale is not None and grad_scale.device != call.device:
         grad_scale = grad_scale.to(call.device, torch.float32)
     if found_inf is not None and found_inf.device != call.device:
@@ -529,7 +537,10 @@ def _run(spec: StepSpec, call: DeviceCall, args: StepArgs) -> bool:
     can take, and wrote nothing."""
     report = call.report if args.refusal is call.refusal else args.refusal
     try:
-        torch.ops.proxopt.step.default(*args)
+        if isinstance(args.hyper, _compiled.Traced):
+            args.hyper.run(args)
+        else:
+            torch.ops.proxopt.step.default(*args)
     except ValueError as exc:
         if args.refusal is None or report[0] != _REFUSALS["tensor_error"]:
             raise

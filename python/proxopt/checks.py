@@ -53,7 +53,8 @@ def check_grad(optimizer: str, group: dict, i: int, p: Tensor, g: Tensor) -> Non
             f"{label(group, i)}: its grad has shape {tuple(g.shape)}, dtype {g.dtype}, device "
             f"{g.device}; the parameter has {tuple(p.shape)}, {p.dtype}, {p.device}"
         )
-    if p.layout is torch.strided and torch._debug_has_internal_overlap(p) == 1:
+    # (traced: the plan checked the parameters when Dynamo built it, and the call cannot be traced)
+    if p.layout is torch.strided and not torch.compiler.is_compiling() and torch._debug_has_internal_overlap(p) == 1:
         raise ValueError(f"{label(group, i)} has elements that share memory (an expanded tensor)")
     if has_prox(group):
         check_not_complex(group, i, p)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _dispatch
+from . import _compiled, _dispatch
 from .checks import check_overlap, check_params
 from .hyper import Hyper
 from .regularizers import (
@@ -80,10 +80,17 @@ class ProxOptimizer(Optimizer):
         self._healed: dict[int, bool] = {}  # id(group) -> its heal value at the last step
         regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers)
         super().__init__(params, {**defaults, **regs})
+        self._traced_init()
+
+    def _traced_init(self) -> None:
+        # What a compiled step's operator needs when it runs (proxopt._compiled): this
+        # optimizer's key, and one dict per param group that holds the values it traced.
+        self._owner = _compiled.register(self, tuple(k for k in self.defaults if k != "capturable"))
+        self._traced_groups: dict[int, dict] = {}
 
     @property
     def _spec(self) -> _dispatch.StepSpec:
-        return _dispatch.StepSpec(RULES[self._rule], f"proxopt.{type(self).__name__}")
+        return _dispatch.StepSpec(RULES[self._rule], f"proxopt.{type(self).__name__}", self._owner)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -100,9 +107,10 @@ class ProxOptimizer(Optimizer):
         """The validated :class:`Hyper` of one param group. A group's entries
         may be edited at any time (schedulers set ``lr`` every step): the
         group is validated again when a value other than ``lr`` changed, and
-        ``lr`` is checked every step."""
+        ``lr`` is checked every step. (A compiled step validates its groups
+        when it runs: :meth:`_traced_hyper`.)"""
         if torch.compiler.is_compiling():
-            return self._validate(group)  # traced: Dynamo guards on the group's values instead
+            return self._validate(group)  # the plan's state keys, and the traced reference path
         lr = group["lr"]
         keys, values = list(group), list(group.values())
         cached = self._hypers.get(id(group))
@@ -146,8 +154,22 @@ class ProxOptimizer(Optimizer):
             **regularizer_hyper(reg),
         )
 
+    def _traced_hyper(self, gi: int, values: dict[str, Any]) -> tuple[Hyper, Tensor | None]:
+        """When a compiled step runs: the :class:`Hyper` of param group ``gi``
+        from the hyperparameter values the step read (``values``, a value for
+        key of ``defaults`` but ``capturable``), validated as in eager mode, and
+        its tensor lr (or None)."""
+        live = self.param_groups[gi]
+        group = self._traced_groups.setdefault(gi, {})  # one dict per group: _hyper's cache follows it
+        group.clear()
+        group.update(values)
+        group.update(capturable=live.get("capturable", False), params=live["params"])
+        lr = group["lr"]
+        return self._hyper(group), (lr if isinstance(lr, Tensor) else None)
+
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
+        self._traced_init()
         self._plan = None
         self._hypers = {}
         self._healed = {}
@@ -261,16 +283,20 @@ class ProxOptimizer(Optimizer):
         groups = self.param_groups
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
+        compiling = torch.compiler.is_compiling()
         for _ in range(2):
             self._init_group()
-            if torch.compiler.is_compiling() and not self._plan.matches(groups, self.state, self._state_keys()):
+            plan = self._plan
+            if compiling:
                 # Dynamo ran _init_group eagerly; tracing the comparison makes its
                 # guards watch every object it compares (a replaced state retraces).
-                raise RuntimeError("proxopt: the plan built for torch.compile does not describe the optimizer")  # pragma: no cover
-            hypers = [self._hyper(group) for group in groups]
-            if not torch.compiler.is_compiling():
+                # (Nothing traced branches on a float hyperparameter: that would specialize it.)
+                if not plan.matches(groups, self.state, plan.group_keys, values=False):
+                    raise RuntimeError("proxopt: the plan built for torch.compile does not describe the optimizer")  # pragma: no cover
+                hypers = self._traced_hypers(plan)
+            else:
+                hypers = [self._hyper(group) for group in groups]
                 self._freeze_on_heal(groups, hypers)
-            plan = self._plan
             try:
                 self._plan, done = _dispatch.step(self._spec, plan, groups, self.state, hypers, grad_scale, found_inf)
             except BaseException:
@@ -311,10 +337,27 @@ class ProxOptimizer(Optimizer):
                             real = torch.view_as_real(real) if real.is_complex() else real
                             real.masked_fill_(mask, rule.initial_value(key, group) if q == 0 else 0.0)
 
+    def _traced_hypers(self, plan: _dispatch.Plan) -> list[Hyper | None]:
+        """A traced step's hyperparameters: traced (as constants) for the groups
+        with tensors on the reference path or DTensors, None for the others,
+        whose operator call reads and checks them when it runs."""
+        traced = {gi for gi, _ in plan.slow}
+        return [self._hyper(g) if gi in traced or plan.dtensor_groups[gi] else None for gi, g in enumerate(self.param_groups)]
+
     def _state_keys(self) -> list[tuple[str, ...]]:
         """Each param group's state keys, in kernel order."""
         rule = RULES[self._rule]
-        return [rule.state_keys(self._hyper(group)) for group in self.param_groups]
+        return [rule.state_keys(self._keys_hyper(group)) for group in self.param_groups]
+
+    def _keys_hyper(self, group: dict) -> Hyper:
+        if not torch.compiler.is_compiling():
+            return self._hyper(group)
+        try:
+            return self._hyper(group)
+        except (TypeError, ValueError):
+            # Dynamo builds the plan while it traces: an invalid value raises the
+            # eager error when the compiled step runs (its operator validates first).
+            return Hyper(rule=self._rule)
 
     def _init_group(self) -> None:
         """(Re)build the plan of the step: which tensors the kernels take, and
@@ -322,11 +365,20 @@ class ProxOptimizer(Optimizer):
         (as for torch.optim's own ``_init_group``) and guards on what it built."""
         keys = self._state_keys()
         if self._plan is not None and self._plan.matches(self.param_groups, self.state, keys):
-            return
+            if not (torch.compiler.is_compiling() and self._kernel_refuses()):
+                return
         for group in self.param_groups:
             check_params(group)
         check_overlap(self.param_groups)
         self._plan = _dispatch.build_plan(self._spec, self.param_groups, self.state, keys)
+
+
+    def _kernel_refuses(self) -> bool:
+        """Whether a tensor the plan sends to the kernels no longer fits them (a
+        non-contiguous grad or ``.data``): eagerly the operator refuses it and the
+        step plans again; a traced step plans again before it traces the call."""
+        return any(not _dispatch.kernel_takes(p, owner.grad)
+                   for call in self._plan.calls for p, owner in zip(call.params, call.owners))
 
 
 class _Validated(NamedTuple):

@@ -55,7 +55,7 @@ def nonnegative(name: str, value: Any) -> float:
 def strength(name: str, value: Any) -> float:
     """A regularizer strength: finite and >= 0."""
     v = nonnegative(name, value)
-    if math.isinf(v):
+    if v == math.inf:  # (v >= 0; not math.isinf, which a traced symbolic float cannot take)
         raise ValueError(f"Invalid {name} value: {v} (must be finite)")
     return v
 
