@@ -351,6 +351,25 @@ def test_sparsity_budget_ramped_every_step_under_fullgraph_equals_eager():
     assert (compiled[0][0].weight == 0).float().mean() >= s - 0.05  # the budget acted
 
 
+def test_channel_budget_ramped_every_step_under_fullgraph_equals_eager():
+    """``channel_sparsity=`` on a cubic ramp, set every step: exactly ⌈s·G⌉ zero rows."""
+    def make(m):
+        mats = [p for p in m.parameters() if p.dim() == 2]
+        rest = [p for p in m.parameters() if p.dim() < 2]
+        return proxopt.AdamW([{"params": mats, "channel_sparsity": 0.5}, {"params": rest}], lr=1e-2)
+
+    def attach(opt):
+        scheds.append(proxopt.RegularizerScheduler(opt, "channel_sparsity", proxopt.schedules.cubic_ramp(20, start=0.1),
+                                                   heal_at=None))
+
+    scheds = []
+    compiled = _run(make, 8, True, lambda opt, i: scheds[-1].step(), attach)
+    assert _graphs() <= 2, f"{_graphs()} graphs: a channel target that changes every step recompiled the step"
+    _assert_same(compiled, _run(make, 8, False, lambda opt, i: scheds[-1].step(), attach))
+    w = compiled[0][0].weight  # (its 16 rows: the budget acted)
+    assert int((w.detach() == 0).all(dim=1).sum()) >= 1
+
+
 def test_lr_scheduler_inside_a_compiled_function_equals_eager():
     """A compiled function that steps the optimizer and then an LR scheduler on a float
     lr. Dynamo runs the scheduler's step eagerly (torch marks it not to be traced) and
