@@ -42,8 +42,8 @@ from .sparsity_target import SparsityTarget
 
 __all__ = ["training_scalars", "LightningSparsityLogger", "HFSparsityLogger"]
 
-# The regularizer strengths logged per param group (``sparsity``: the budget's target fraction).
-LOGGED_KEYS = ("l1", "group_lasso", "l0", "l2", "sparsity")
+# The regularizer strengths logged per param group (the budgets: their target fractions).
+LOGGED_KEYS = ("l1", "group_lasso", "l0", "l2", "sparsity", "channel_sparsity")
 
 
 def training_scalars(
@@ -65,10 +65,10 @@ def training_scalars(
       regularized by the optimizers' param groups;
     * for param group ``i`` (``opt{k}/group{i}`` with several optimizers):
       ``group{i}/fraction``, the zeros of its tensors, and ``group{i}/{key}`` for
-      each of ``l1``, ``group_lasso``, ``l0``, ``l2``, ``sparsity`` (the
-      budget's target) that is nonzero, or whose ``initial_{key}`` (kept by
-      :class:`~proxopt.RegularizerScheduler`) is: a scheduled λ still at 0 is
-      logged as 0;
+      each of ``l1``, ``group_lasso``, ``l0``, ``l2``, ``sparsity`` and
+      ``channel_sparsity`` (the budgets' targets) that is nonzero, or whose
+      ``initial_{key}`` (kept by :class:`~proxopt.RegularizerScheduler`) is:
+      a scheduled λ still at 0 is logged as 0;
     * for each controller (``controller/``, or ``controller{k}/`` with
       several): ``target`` (the ramped target s(t)), ``measured`` (the fraction
       it measured last) and ``scale`` (λ/λ₀).
