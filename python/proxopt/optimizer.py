@@ -25,6 +25,7 @@ from .checks import check_overlap, check_params
 from .hyper import Hyper
 from .regularizers import (
     _number,
+    check_group_keys,
     nonnegative,
     regularizer_hyper,
     split_regularizers,
@@ -60,6 +61,9 @@ class ProxOptimizer(Optimizer):
 
     _rule: int
     _group_keys: tuple[str, ...] = ()  # hyperparameters a saved param group of this type has
+    # Keys of one's own that look like a setting (a key like "l1_target" is taken
+    # for a misspelled "l1" otherwise; see regularizers.check_group_keys).
+    extra_group_keys: frozenset[str] = frozenset()
     # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
     # A class attribute, so copies and unpickled optimizers keep it.
     _step_supports_amp_scaling = True
@@ -78,7 +82,7 @@ class ProxOptimizer(Optimizer):
         self._plan = None
         self._hypers: dict[int, _Validated] = {}  # id(group) -> what it was last validated with
         self._healed: dict[int, bool] = {}  # id(group) -> its heal value at the last step
-        regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers)
+        regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers, known=defaults)
         super().__init__(params, {**defaults, **regs})
         self._traced_init()
 
@@ -93,6 +97,9 @@ class ProxOptimizer(Optimizer):
         return _dispatch.StepSpec(RULES[self._rule], f"proxopt.{type(self).__name__}", self._owner)
 
     def add_param_group(self, param_group: dict) -> None:
+        if isinstance(param_group, dict):  # (torch says what else is wrong, and fills in the defaults)
+            check_group_keys(f"proxopt.{type(self).__name__}", len(self.param_groups), param_group,
+                             self.defaults, type(self).extra_group_keys)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         try:

@@ -17,9 +17,11 @@ euclidean τ. Every prox is the argmin of ``½‖x − w‖² + τ·R(x)``.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import numbers
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -363,10 +365,58 @@ def with_regularizers(cls: type) -> type:
     return cls
 
 
-def split_regularizers(optimizer: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def split_regularizers(optimizer: str, kwargs: dict[str, Any], known=()) -> dict[str, Any]:
     """The regularizer keyword arguments of a constructor call with their
-    defaults filled in; an unknown keyword is a TypeError, as Python gives."""
+    defaults filled in; an unknown keyword is a TypeError, as Python gives,
+    with the nearest regularizer or ``known`` argument as a suggestion."""
     unknown = sorted(set(kwargs) - set(REGULARIZER_DEFAULTS))
     if unknown:
-        raise TypeError(f"{optimizer}.__init__() got an unexpected keyword argument {unknown[0]!r}")
+        guess = likely_meant(unknown[0], {*REGULARIZER_DEFAULTS, *known})
+        hint = f". Did you mean {guess!r}?" if guess else ""
+        raise TypeError(f"{optimizer}.__init__() got an unexpected keyword argument {unknown[0]!r}{hint}")
     return {**REGULARIZER_DEFAULTS, **kwargs}
+
+
+# ---- the keys of a param-group dict ------------------------------------------------
+
+# Keys torch puts in param groups besides the hyperparameters: named parameters'
+# names, and what its LR schedulers keep (initial_lr; OneCycleLR's max_lr, min_lr,
+# base_momentum, max_momentum; SWALR's swa_lr).
+TORCH_GROUP_KEYS = frozenset({"params", "param_names", "max_lr", "min_lr", "base_momentum", "max_momentum", "swa_lr"})
+
+
+def likely_meant(key: str, known) -> str | None:
+    """The name in ``known`` that ``key`` looks like a misspelling of, or None:
+    the same name in other case (``L1``), a near spelling (``weight_decy``), or
+    a regularizer's name as a word of it (``l1_lamda``, ``lambda_l1``)."""
+    low = key.lower()
+    if low in known:
+        return low
+    close = difflib.get_close_matches(low, sorted(known), n=1, cutoff=0.8)
+    if close:
+        return close[0]
+    words = re.split(r"[\W_]+", low)
+    for name in sorted((k.name for k in REGULARIZERS if k.name in known), key=len, reverse=True):
+        n = name.split("_")
+        if any(words[i : i + len(n)] == n for i in range(len(words))):
+            return name
+    return None
+
+
+def check_group_keys(optimizer: str, index: int, group: dict, known, allowed=frozenset()) -> None:
+    """Reject a key of param group ``index`` that looks like a misspelled
+    setting (one of ``known``): torch keeps any key, so ``l1_lamda`` would train
+    with no L1 and no warning. Any other key passes, as in torch (torch's own,
+    ``initial_<key>`` of the schedulers, other optimizers' hyperparameters,
+    keys of the user's or a framework's, and ``allowed``)."""
+    for key in group:
+        if (not isinstance(key, str) or key in known or key in allowed or key in TORCH_GROUP_KEYS
+                or key in ARGUMENT_DOCS or key.startswith("initial_")):
+            continue
+        guess = likely_meant(key, known)
+        if guess is not None:
+            raise TypeError(
+                f"{optimizer}: param group {index} has the key {key!r}, which is not a setting. Did you mean "
+                f"{guess!r}? (A key of your own that looks like a setting: add it to "
+                "proxopt.ProxOptimizer.extra_group_keys.)"
+            )
