@@ -3,15 +3,19 @@ assertions: timings are the benchmark's to report, not the tests' to judge."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from proxopt.bench import main, paramsets
+import proxopt
+from proxopt.bench import main, paramsets, progress
 
 VARIANT_KEYS = {
     "name", "family", "regularizer", "ref", "detail", "steps_per_sample", "samples_ms", "median_ms",
@@ -25,13 +29,22 @@ def _positive(x) -> bool:
 
 def _run(tmp_path, *args: str) -> dict:
     out = tmp_path / "results.json"
+    # the proxopt under test, not another installed copy (a relative PYTHONPATH
+    # would not reach it from tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(proxopt.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
         [sys.executable, "-m", "proxopt.bench", "--quick", "--no-plot", "--no-progress", "--json", str(out), *args],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "vs proxopt" in proc.stdout  # the table was printed
-    return json.loads(out.read_text())
+    doc = json.loads(out.read_text())
+    # stdout is a pipe, not a terminal: one line per finished section came first
+    n = len(doc["groups"])
+    sections = re.findall(rf"^\[\d+/{n}\] .* repeats in .*$", proc.stdout.split("proxopt-bench ·")[0], flags=re.M)
+    assert len(sections) == n, proc.stdout
+    return doc
 
 
 def test_quick_run_writes_results(tmp_path):
@@ -95,3 +108,44 @@ def test_list(capsys):
 def test_unknown_optimizer_is_a_clear_error():
     with pytest.raises(SystemExit, match="unknown optimizer"):
         main(["-o", "lbfgs", "--no-progress"])
+
+
+class _Pipe(io.StringIO):
+    """A stdout that is not a terminal and remembers what it held at each flush."""
+
+    def __init__(self, tty: bool = False):
+        super().__init__()
+        self.tty, self.at_flush = tty, []
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def flush(self) -> None:
+        self.at_flush.append(self.getvalue())
+        super().flush()
+
+
+def test_redirected_run_prints_and_flushes_a_line_per_section(tmp_path, monkeypatch):
+    out = _Pipe()
+    monkeypatch.setattr("sys.stdout", out)
+    assert main(["--quick", "--no-plot", "--no-progress", "--json", str(tmp_path / "r.json"), "-o", "adamw,sgd"]) == 0
+    text = out.getvalue()
+    lines = re.findall(r"^\[\d/2\] tiny/\w+, \d+ threads?: 3 repeats in .*$", text, flags=re.M)
+    assert [line.split()[1] for line in lines] == ["tiny/adamw,", "tiny/sgd,"], text
+    for line in lines:  # each one was flushed as soon as it was written, before the table
+        assert any(seen.endswith(line + "\n") for seen in out.at_flush), (line, out.at_flush)
+    assert text.index(lines[1]) < text.index("vs proxopt")
+
+
+def test_no_section_lines_on_a_terminal(monkeypatch):
+    out = _Pipe(tty=True)
+    monkeypatch.setattr("sys.stdout", out)
+    group = {"param_set": "tiny", "optimizer": "adamw", "threads": 1, "repeats": 3, "elapsed_s": 1.0,
+             "variants": [{"name": "proxopt", "median_ms": 0.5}]}
+    lines = progress.SectionLines(1)
+    lines.finished(group)
+    assert out.getvalue() == ""  # the bar on stderr shows the progress there
+    out.tty = False
+    lines.finished(group)
+    assert re.fullmatch(r"\[2/1\] tiny/adamw, 1 thread: 3 repeats in 1\.0 s; proxopt 0\.5 ms/step \(\d+ s elapsed\)\n",
+                        out.getvalue()), out.getvalue()

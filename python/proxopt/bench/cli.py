@@ -66,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--plot", metavar="PATH", help="PNG plot (default: beside the JSON; needs matplotlib)")
     add("--no-plot", action="store_true", help="write no plot")
     add("--no-memory", action="store_true", help="skip the extra-peak-memory measurement")
-    add("--no-progress", action="store_true", help="no progress display")
+    add("--no-progress", action="store_true",
+        help="no progress bar (a stdout that is not a terminal still gets a line per finished section)")
     add("--quick", action="store_true", help="a tiny run of a few seconds (tiny set, AdamW, l1, 3 repeats)")
     add("--list", action="store_true", help="list optimizers, regularizers and parameter sets, and what proxopt supports")
     return p
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     groups = [(t, s, k) for t in thread_counts for s in sets for k in opt_keys]
     bar = progress.make(len(groups) * (budget.most + 2), enabled=not args.no_progress)
+    lines = progress.SectionLines(len(groups))
     results = []
     try:
         for i, (t, s, k) in enumerate(groups):
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(t)
             cfg.threads = t
             results.append(run_group(s, k, OPTIMIZERS[k], [REGULARIZERS[r] for r in reg_keys], cfg, bar))
+            lines.finished(results[-1])
     finally:
         bar.close()
     doc = {

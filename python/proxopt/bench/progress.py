@@ -1,9 +1,11 @@
-"""A progress display on stderr, drawn by rich (required by the ``bench``
-extra). The table goes to stdout, so progress never mixes into it."""
+"""Progress: a bar on stderr, drawn by rich (required by the ``bench``
+extra), and one line per finished section on stdout when stdout is not a
+terminal (a log file, a pipe, a batch job), before the table."""
 
 from __future__ import annotations
 
 import sys
+import time
 
 
 class _Rich:
@@ -44,3 +46,31 @@ def make(total: int, enabled: bool = True):
     except ImportError:
         print("proxopt-bench: no progress display (rich is not installed: `pip install proxopt[bench]`)", file=sys.stderr)
         return _Null()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False
+
+
+class SectionLines:
+    """One line per finished section (a parameter set x optimizer x thread
+    count), flushed at once, when stdout is not a terminal: a redirected run
+    would otherwise show nothing until the table at the end (the bar is on
+    stderr, and a pipe or a file is block-buffered)."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start = total, 0, time.perf_counter()
+
+    def finished(self, group: dict) -> None:
+        self.done += 1
+        out = sys.stdout  # (looked up now: whatever stdout is at the time)
+        if _is_terminal(out):
+            return  # the table will follow on the screen; the bar shows the progress
+        plain = next((f"; proxopt {v['median_ms']:.3g} ms/step" for v in group["variants"] if v["name"] == "proxopt"), "")
+        threads = f"{group['threads']} thread{'s' if group['threads'] != 1 else ''}"
+        print(f"[{self.done}/{self.total}] {group['param_set']}/{group['optimizer']}, {threads}: "
+              f"{group['repeats']} repeats in {group['elapsed_s']:.1f} s{plain} "
+              f"({time.perf_counter() - self.start:.0f} s elapsed)", file=out, flush=True)
