@@ -1,6 +1,7 @@
 """What the group proxes cost on the weight matrices of the conformer set:
 proxopt.AdamW plain vs group lasso along rows (one visit per row), along
-columns (a second pass) and max-norm, interleaved, medians of 11 steps.
+columns (a second pass), max-norm and the channel budget along rows and
+columns, interleaved, medians of 11 steps.
 
     python bench/group_prox_cost.py
 """
@@ -18,6 +19,8 @@ VARIANTS = {
     "group_lasso dim 0": dict(group_lasso=1e-4),
     "group_lasso dim 1": dict(group_lasso=1e-4, group_dim=1),
     "max_norm dim 0": dict(max_norm=10.0),
+    "channel_sparsity 0.5 dim 0": dict(channel_sparsity=0.5),
+    "channel_sparsity 0.5 dim 1": dict(channel_sparsity=0.5, group_dim=1),
 }
 
 

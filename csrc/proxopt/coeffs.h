@@ -99,9 +99,10 @@ PROXOPT_HD Coeffs<M> finish_coeffs(Coeffs<M> k) {
 // shapes; a budget shape has no CUDA kernel).
 inline unsigned prox_shape(const Hyper& h) {
   unsigned used = (h.l1 != 0 ? kL1 : 0u) | (h.l0 != 0 ? kL0 : 0u) | (h.l2 != 0 ? kRidge : 0u);
-  // (with a group prox a channel budget resets too: the zeros before the
-  // group prox take the elementwise reset, as the reference's do)
-  const bool resets = h.heal != 0 || (h.reset_state != 0 && ((used & kZeroing) != 0 || h.budget() != 0));
+  // (a channel budget alone keeps the plain group shape: it resets the
+  // groups it zeroes, not single weights -- the general group shape costs
+  // several times the plain one)
+  const bool resets = h.heal != 0 || (h.reset_state != 0 && (used & kZeroing) != 0);
   // (a budget after a group prox has no kernel: this shape is in no list)
   if (h.has_group()) return h.sparsity != 0 ? kGroupGeneral | kBudget : (used != 0 || resets ? kGroupGeneral : kGroup);
   if (h.sparsity != 0) return (h.adaptive != 0 && used != 0 ? kAdaptive : 0u) | kGeneral | kBudget;

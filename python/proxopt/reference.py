@@ -510,12 +510,16 @@ def step_tensor(
     if h.has_group:
         if h.heal:  # frozen before the group's norm is taken
             w_new = torch.where(w0 == 0, torch.zeros_like(w_new), w_new)
-        zero = (w_new == 0) if resets else None  # the kernels reset before the group prox,
+        # The kernels reset single zeros before the group prox in the shape
+        # with elementwise proxes (l1, l0, l2 or heal) only, then every group
+        # whose factor is 0.
+        single = resets and bool(h.l1 or h.l0 or h.l2 or h.heal)
+        zero = (w_new == 0) if single else torch.zeros_like(w_new, dtype=torch.bool)
         found: list[Tensor] | None = [] if channels else None
         w_new, f = _prox_group(dataclasses.replace(h, lo=-math.inf, hi=math.inf) if budgeted else h, lr, w_new,
                                (budget == 0).to(w_new.device) if channels else None, found)
         counts = found[0] if channels else None
-        if resets and f is not None:  # and a group whose factor is 0 after it stored its states
+        if resets and f is not None:
             zero = (_as_groups(zero, h.group_dim) | (f == 0)[None, :, None]).reshape(zero.shape)
     if budgeted:
         thr, *probes = (torch.tensor(v, dtype=torch.float64).to(w_new.dtype).item() for v in budget)
