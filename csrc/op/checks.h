@@ -19,6 +19,7 @@
 
 #include <torch/csrc/stable/library.h>
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <sstream>
@@ -144,8 +145,25 @@ inline double read_scalar(const void* p, bool f64) {
   return f64 ? *static_cast<const double*>(p) : double(*static_cast<const float*>(p));
 }
 
-// Every check of one call. It reads only metadata (and the layout); the
-// values of steps, lr and found_inf are read by the backend afterwards.
+// A number as Python's f"{v:g}" writes it (proxopt.checks words the same errors).
+inline std::string number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+// A value that overflows float32 where the step computes in float32 (every
+// dtype but float64 and complex128) makes the weights inf or NaN; torch
+// raises there. Python checks the reference path's tensors alike.
+inline void check_hyper_range(int64_t i, const char* name, double v) {
+  if (std::fabs(v) > double(FLT_MAX)) {
+    fail_tensor(i, std::string(name) + " = " + number(v) + " overflows float32, the dtype its step computes in");
+  }
+}
+
+// Every check of one call. It reads metadata, the layout and, on the CPU,
+// the values of the step counters and a tensor lr (O(1) per tensor; reading
+// them on a CUDA device would synchronize); the backend reads the rest.
 inline Call check_tensors(const Args& a, Backend backend) {
   const Codes& cd = codes();
   Call c;
@@ -245,6 +263,11 @@ inline Call check_tensors(const Args& a, Backend backend) {
         bk.h.lr = read_scalar(lr.data(), ldt == cd.f64);
       }
     }
+    if (bk.dtype->real_code != cd.f64) {
+      const bool lr_here = bk.lr == nullptr || backend == Backend::kCpu;
+      if (lr_here) check_hyper_range(bk.first, "lr", bk.lr ? read_scalar(bk.lr, bk.lr_f64) : bk.h.lr);
+      check_hyper_range(bk.first, "weight_decay", bk.h.weight_decay);
+    }
     const bool grouped = bk.h.has_group();
     if (bk.dtype->reals == 2 && (grouped || bk.h.has_elementwise_prox() || bk.h.heal != 0)) {
       fail_tensor(bk.first, "is complex: proximal regularizers are not defined for complex parameters (l1, l2, "
@@ -322,6 +345,14 @@ inline Call check_tensors(const Args& a, Backend backend) {
                            where(g) + "; the parameter has " + shape_of(p) + ", " + dtype_name(dt) + ", " + where(p));
       }
       if (!g.contiguous()) reroute(i, Refusal::grad_not_contiguous, "its grad is not contiguous");
+      if (backend == Backend::kCpu) {  // an edited counter (Python checks a replaced one when it plans)
+        const int64_t j = i - bk.first;
+        const double step = bk.steps_f64 ? static_cast<const double*>(bk.steps)[j]
+                                         : double(static_cast<const float*>(bk.steps)[j]);
+        if (!(step >= 0) || !std::isfinite(step)) {
+          fail_tensor(i, "its state 'step' is " + number(step) + ": a step count must be finite and >= 0");
+        }
+      }
       it.g = it.numel > 0 ? g.data() : nullptr;
       it.stepped = true;
       c.any_stepped = true;

@@ -15,12 +15,17 @@ A :class:`Plan` is reused while nothing it depends on changes;
   ``fused`` flag;
 * ``optimizer.state``: the same dict, holding the same tensors (so
   ``load_state_dict`` or a state tensor replaced by hand is noticed);
-* parameters that had no state and no grad: one that gains a grad needs state.
+* parameters that had no state and no grad: one that gains a grad needs state;
+* the shape of each kernel parameter: ``.data`` rebound to another shape or
+  size no longer fits its state, which the new plan's checks say.
 
 What a plan cannot see coming (``.data`` rebound to a tensor the kernel
 cannot take, a non-contiguous grad) the operator finds in its checks, before
 writing anything, and reports as a refusal code; :func:`step` then says it
-is not done and the optimizer rebuilds the plan and steps again.
+is not done and the optimizer rebuilds the plan and steps again. Every check
+of both paths runs before the first write: the reference path's first (it
+writes last), then the operator's, which include what can change in place
+between plans (a step counter's value; on the CPU).
 
 For the kernel tensors of one (param group, device, dtype) -- a *bucket* --
 every state key is one row of an (S, N) tensor and every step counter one
@@ -43,7 +48,7 @@ import torch
 from torch import Tensor
 
 from . import _compiled, _native, reference
-from .checks import check_grad, label
+from .checks import check_grad, check_hyper_range, label
 from .distributed import is_dtensor, local_tensor, sharded_group_prox_, split_group_prox
 from .hyper import HYPER_FIELDS, Hyper, hyper_values
 from .regularizers import budget_key, group_dim_of, has_budget, has_group_prox
@@ -120,6 +125,7 @@ class DeviceCall(NamedTuple):
     device: torch.device
     buckets: list[Bucket]
     owners: list[Tensor]        # the parameters as the groups hold them (maybe DTensors)
+    shapes: list[torch.Size]    # and their shapes when their state was laid out
     params: list[Tensor]        # what the kernel writes (their local shards)
     where: list[tuple[int, int]]  # (group, position) of each parameter, for error messages
     states: list[Tensor]
@@ -165,7 +171,8 @@ class Plan(NamedTuple):
     group_fused: list[bool]      # fused flags, the state dict
     state: Any
     state_values: list[Any]      # and the tensors it held
-    created: list[Tensor]        # parameters whose state this plan created (undone if its first step fails)
+    created: list[tuple[Tensor, tuple[str, ...] | None]]  # state this plan added, undone if its first step
+                                 # fails: (parameter, its new keys), None for a parameter that had no state
     dtensor_groups: list[bool]   # which param groups hold DTensors (FSDP2 shards)
     group_budget: list[str | None]  # each param group's budget keyword, if any (statistics kept)
 
@@ -187,7 +194,9 @@ class Plan(NamedTuple):
                 return False
         if not C.same_state_values(state, self.state_values):
             return False
-        return not any(p.grad is not None for p in self.outside)
+        if any(p.grad is not None for p in self.outside):
+            return False
+        return all([o.shape for o in call.owners] == call.shapes for call in self.calls)
 
 
 # ---- building a plan ----------------------------------------------------------------
@@ -235,23 +244,41 @@ def _wrap_like(view: Tensor, owner: Tensor) -> Tensor:
                               shape=owner.shape, stride=owner.stride())
 
 
+def _started(rule: RuleSpec, st: dict) -> bool:
+    """Whether a parameter's state was made by a step (one that holds nothing,
+    or only budget statistics, gets the rule's fresh state)."""
+    return any(k in st for k in rule.all_state_keys)
+
+
 def _check_state(spec: StepSpec, group: dict, i: int, p: Tensor, st: dict, keys: tuple[str, ...]) -> None:
-    """An existing state of parameter i (local shape of p) fits it, before anything is built from it."""
+    """The existing state of parameter i fits p (its local tensor), before
+    anything is built from it or written: the tensors the rule always keeps
+    are there (and ``step``), each state tensor has the parameter's shape,
+    dtype and device, and ``step`` is a finite count >= 0. O(1) per tensor;
+    a state a setting switched on (``amsgrad``, ...) may still be missing."""
+    rule = spec.rule
+    if not _started(rule, st):
+        return
+    required = [s.key for s in rule.states if s.when is None] + (["step"] if rule.has_step else [])
+    missing = [k for k in required if k not in st]
+    if missing:
+        raise ValueError(f"{label(group, i)}: its state lacks {missing} (it has {sorted(st)}): was it edited? "
+                         "Load a state_dict saved for these parameters")
     for key in keys:
         if key in st:
-            src = local_tensor(st[key]) if torch.is_tensor(st[key]) else st[key]
-            if not torch.is_tensor(src) or src.shape != p.shape:
-                shape = tuple(src.shape) if torch.is_tensor(src) else type(src).__name__
-                raise ValueError(
-                    f"{label(group, i)}: its state {key!r} has shape {shape}, the parameter "
-                    f"{tuple(p.shape)}: was the parameter or its state replaced? Load a state_dict "
-                    "saved for these parameters"
-                )
-    if spec.rule.has_step and "step" in st:
+            t = st[key]
+            why = reference.misfit(local_tensor(t), p) if torch.is_tensor(t) else f"is a {type(t).__name__}"
+            if why is not None:
+                raise ValueError(f"{label(group, i)}: its state {key!r} {why}: was the parameter or its state "
+                                 "replaced? Load a state_dict saved for these parameters")
+    if rule.has_step and "step" in st:
         step = st["step"]
         if not (isinstance(step, (int, float)) or (torch.is_tensor(step) and step.numel() == 1)):
             raise ValueError(f"{label(group, i)}: its state 'step' must be a number or a 1-element tensor, "
                              f"got {step!r}")
+        why = reference.step_misfit(local_tensor(step) if torch.is_tensor(step) else step)
+        if why is not None:
+            raise ValueError(f"{label(group, i)}: its state 'step' {why}")
 
 
 def _build_bucket(spec: StepSpec, state: dict, gi: int, group: dict, members: list[int], keys: tuple[str, ...],
@@ -320,10 +347,9 @@ def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple
         for (device, _), idx in members.items():
             calls.setdefault(device, []).append(_build_bucket(spec, state, gi, group, idx, keys[gi], register))
     # Every bucket was built: now the state entries become views of the buckets.
-    created: list[Tensor] = []
+    taken = [groups[b.group]["params"][i] for buckets in calls.values() for b in buckets for i in b.index]
+    before = {owner: (tuple(state[owner]) if owner in state else None) for owner in taken}  # (and budget rows)
     for owner, views in register:
-        if owner not in state:
-            created.append(owner)
         state[owner].update(views)
     device_calls = []
     for device, buckets in calls.items():
@@ -341,9 +367,13 @@ def build_plan(spec: StepSpec, groups: list[dict], state: dict, keys: list[tuple
         layout = torch.tensor(starts + columns + units, dtype=torch.int64)
         refusal = torch.zeros(2, dtype=torch.int64)
         device_calls.append(DeviceCall(
-            device, buckets, owners, params, where, [b.state for b in buckets], [b.steps for b in buckets],
-            layout, any(is_dtensor(o) for o in owners), refusal, refusal.numpy(), groups, budget,
+            device, buckets, owners, [o.shape for o in owners], params, where, [b.state for b in buckets],
+            [b.steps for b in buckets], layout, any(is_dtensor(o) for o in owners), refusal, refusal.numpy(),
+            groups, budget,
         ))
+    created = [(owner, None if had is None else tuple(k for k in state[owner] if k not in had))
+               for owner, had in before.items() if owner in state]
+    created = [(owner, added) for owner, added in created if added != ()]
     return Plan(
         device_calls, slow, outside, list(groups), [list(g["params"]) for g in groups], list(keys),
         [_fused(g) for g in groups], state, _state_values(state), created,
@@ -457,7 +487,7 @@ def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: li
             kh, later = split_group_prox(h, group["params"], group_dim_of(group)) if split else (h, None)
             kernel_hypers.append(kh)
             deferred.append(later)
-        slow = _prepare_slow(spec, plan, groups, state) if plan.slow else []
+        slow = _prepare_slow(spec, plan, groups, state, hypers) if plan.slow else []
         compiling = torch.compiler.is_compiling()
         calls = [(c, _call_args(c, groups, kernel_hypers, grad_scale, found_inf, compiling, spec.owner))
                  for c in plan.calls]
@@ -496,10 +526,15 @@ def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: li
 
 
 def _undo_created(plan: Plan, state: dict) -> None:
-    """A plan's first step failed: the state it created for parameters that had
-    none is removed, so the failed step changed nothing."""
-    for p in plan.created:
-        state.pop(p, None)
+    """A plan's first step failed: the state it created is removed (a
+    parameter's whole entry, or the keys it added to one, such as
+    ``amsgrad``'s), so the failed step changed nothing."""
+    for p, added in plan.created:
+        if added is None:
+            state.pop(p, None)
+        elif p in state:
+            for key in added:
+                state[p].pop(key, None)
 
 
 def _call_args(call: DeviceCall, groups: list[dict], hypers: list[Hyper | None], grad_scale, found_inf,
@@ -569,12 +604,15 @@ class _SlowItem(NamedTuple):
     fresh: bool
     new_state: dict | None       # state created for this step, stored once it ran
     fresh0: float                # what a reset first state holds
-    budget: Tensor | None        # its row of budget statistics (float64 CPU)
+    budget: Tensor | None        # its row of budget statistics (float64 CPU) for this step,
+    budget_home: Tensor | None   # copied into its state's row when the step ran (None: a new row)
 
 
-def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -> list[_SlowItem]:
-    """The reference path's tensors of this step, checked, with their state
-    (new state is held back until the step has run)."""
+def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict,
+                  hypers: list[Hyper]) -> list[_SlowItem]:
+    """The reference path's tensors of this step, with every check the
+    reference runs (it writes after the operator, so none may fail then), and
+    their state; new state is held back until the step has run."""
     rule = spec.rule
     out = []
     for gi, i in plan.slow:
@@ -585,9 +623,13 @@ def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -
             continue
         check_grad(spec.name, group, i, p, g)
         keys = plan.group_keys[gi]
-        st = state.get(p)
+        st = state.get(p) or {}
+        _check_state(spec, group, i, local_tensor(p), st, keys)
+        lr = group["lr"]
+        check_hyper_range(group, i, local_tensor(p), float(lr) if isinstance(lr, Tensor) else hypers[gi].lr,
+                          hypers[gi].weight_decay)
         new = None
-        if not st:
+        if not _started(rule, st):
             new = {"step": torch.tensor(0.0, dtype=_step_dtype([]))} if rule.has_step else {}  # first, as torch
             new.update({key: rule.new_state(p, key, group) for key in keys})
             states, step, fresh = tuple(new[k] for k in keys), new.get("step"), True
@@ -595,19 +637,14 @@ def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict) -
             missing = [k for k in keys if k not in st]
             if missing:  # a setting that needs more state was switched on: the rule's initial value
                 new = {k: rule.new_state(p, k, group) for k in missing}
-            states = tuple(st[k] if k in st else new[k] for k in keys)
             step = st.get("step")
+            if rule.has_step and not torch.is_tensor(step):  # a loaded number: counted in a tensor from now on
+                new = {**(new or {}), "step": torch.tensor(float(step), dtype=_step_dtype([]))}
+                step = new["step"]
+            states = tuple(st[k] if k in st else new[k] for k in keys)
             fresh = not rule.has_step and "momentum_buffer" in keys and "momentum_buffer" not in st
-            if rule.has_step and (not torch.is_tensor(step) or step.numel() != 1):
-                raise ValueError(f"{label(group, i)}: its state 'step' must be a 1-element tensor, got {step!r}")
-            for k, s in zip(keys, states):
-                if local_tensor(s).shape != local_tensor(p).shape:
-                    raise ValueError(
-                        f"{label(group, i)}: its state {k!r} has shape {tuple(s.shape)}, the parameter "
-                        f"{tuple(p.shape)}: was the parameter or its state replaced?"
-                    )
         fresh0 = rule.initial_value(keys[0], group) if keys else 0.0
-        out.append(_SlowItem(gi, p, g, states, step, fresh, new, fresh0, None))
+        out.append(_SlowItem(gi, p, g, states, step, fresh, new, fresh0, None, None))
     return _with_budget_rows(groups, state, out)
 
 
@@ -632,14 +669,11 @@ def _with_budget_rows(groups: list[dict], state: dict, items: list[_SlowItem]) -
         rows = _unit_rows(groups[gi], [local_tensor(items[k].param) for k in idx], stats)
         for k, row, old in zip(idx, rows, stats):
             it = items[k]
+            t = torch.tensor(row, dtype=torch.float64)
             if torch.is_tensor(old) and old.numel() == len(row) and old.dtype == torch.float64 and old.device.type == "cpu":
-                t = old.reshape(-1)
-                t.copy_(torch.tensor(row, dtype=torch.float64))
+                it = it._replace(budget_home=old)
             else:
-                t = torch.tensor(row, dtype=torch.float64)
-                new = dict(it.new_state or {})
-                new[BUDGET_KEY] = t
-                it = it._replace(new_state=new)
+                it = it._replace(new_state={**(it.new_state or {}), BUDGET_KEY: t})
             items[k] = it._replace(budget=t)
     return items
 
@@ -663,6 +697,8 @@ def _run_slow(groups: list[dict], state: dict, items: list[_SlowItem], hypers: l
             it.budget[len(reference.BUDGET_FIELDS) :] = counts
         elif counts is not None:
             it.budget[reference.LO : reference.HI + 1] = torch.tensor(counts, dtype=torch.float64)
+        if it.budget_home is not None:
+            it.budget_home.copy_(it.budget.view(it.budget_home.shape))
         if it.new_state:
             state[it.param].update(it.new_state)
 

@@ -1,7 +1,7 @@
-"""The checks of parameters and their gradients, and how errors name a
-parameter. The optimizer runs them when a plan is built; the reference path
-runs the per-gradient ones every step (the operator runs the same checks in
-C++ for the tensors the kernels take).
+"""The checks of parameters, their gradients and the hyperparameters' range,
+and how errors name a parameter. The optimizer runs them when a plan is
+built; the reference path runs the per-step ones every step (the operator
+runs the same checks in C++ for the tensors the kernels take).
 """
 
 from __future__ import annotations
@@ -60,6 +60,21 @@ def check_grad(optimizer: str, group: dict, i: int, p: Tensor, g: Tensor) -> Non
         check_not_complex(group, i, p)
     if has_group_prox(group):
         check_group_param(group, i, p)
+
+
+# The largest float32: where a step computes in float32 (every dtype but
+# float64 and complex128), a larger lr or weight_decay makes the weights inf or NaN.
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def check_hyper_range(group: dict, i: int, p: Tensor, lr: float, weight_decay: float) -> None:
+    """torch raises where lr or weight_decay overflows the dtype parameter ``i``'s
+    step computes in (the operator runs the same check in C++ for the kernel's tensors)."""
+    if p.dtype in (torch.float64, torch.complex128):
+        return
+    for name, v in (("lr", lr), ("weight_decay", weight_decay)):
+        if abs(v) > _FLOAT32_MAX:
+            raise ValueError(f"{label(group, i)}: {name} = {v:g} overflows float32, the dtype its step computes in")
 
 
 def check_not_complex(group: dict, i: int, p: Tensor) -> None:

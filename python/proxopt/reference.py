@@ -44,7 +44,7 @@ from torch import Tensor
 from .hyper import ADAGRAD, ADAM, RMSPROP, SGD, Hyper
 
 __all__ = ["Hyper", "step_tensor", "budget_keep", "budget_plan", "budget_init", "budget_select_", "channel_budget_init", "channel_budget_plan", "channel_select_",
-           "BUDGET_FIELDS", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
+           "BUDGET_FIELDS", "misfit", "step_misfit", "inv_grad_scale", "rule_lr", "soft_threshold", "hard_threshold", "ridge",
            "project_bounds", "prox_elementwise", "group_tau", "group_factor", "finish_groups", "prox_group",
            "SGD", "ADAM", "ADAGRAD", "RMSPROP"]
 
@@ -464,6 +464,44 @@ def _math(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
+# ---- what a step checks before it writes ------------------------------------------
+# O(1) per tensor; proxopt._dispatch words the same rules with the parameter's
+# name and state key, and the operator checks a kernel counter's value alike.
+
+
+def misfit(t: Tensor, p: Tensor) -> str | None:
+    """How tensor ``t`` (a state or a grad) does not fit parameter ``p``, as
+    "has shape (3,), the parameter (6, 5)" (or dtype, or device); None if it fits."""
+    for what, mine, its in (("shape", tuple(t.shape), tuple(p.shape)), ("dtype", t.dtype, p.dtype),
+                            ("device", t.device, p.device)):
+        if mine != its:
+            return f"has {what} {mine}, the parameter {its}"
+    return None
+
+
+def step_misfit(step: Tensor | float) -> str | None:
+    """How a step counter is not a finite count >= 0, as "is -1: ..."; None if it
+    is one. A counter on a CUDA device is not read (that would synchronize)."""
+    if torch.is_tensor(step) and step.device.type != "cpu":
+        return None
+    v = float(step)
+    if v >= 0 and math.isfinite(v):
+        return None
+    return f"is {v:g}: a step count must be finite and >= 0"
+
+
+def _check_inputs(param: Tensor, grad: Tensor, states: list[Tensor], step: Tensor | None) -> None:
+    """Everything :func:`step_tensor` can fail on, before it writes."""
+    for what, t in [("grad", grad)] + [(f"states[{q}]", s) for q, s in enumerate(states)]:
+        why = misfit(t, param)
+        if why is not None:
+            raise ValueError(f"{what} {why}")
+    if step is not None:
+        why = step_misfit(step)
+        if why is not None:
+            raise ValueError(f"step {why}")
+
+
 def step_tensor(
     h: Hyper,
     param: Tensor,
@@ -486,8 +524,10 @@ def step_tensor(
     returned; with a channel budget, ``budget`` is its plan's decisions (a
     float64 tensor, 0 for the groups to zero: :func:`channel_budget_plan`)
     and the group norms after the group lasso (float64) are returned. ``fresh0`` is what a reset first state holds (Adagrad's
-    ``initial_accumulator_value``).
+    ``initial_accumulator_value``). Its inputs are checked before anything
+    is written (the counter too: a ValueError leaves them all as they were).
     """
+    _check_inputs(param, grad, states, step)
     w, g = _math(param), _math(grad)
     s = [_math(t) for t in states]
     w0 = w.clone() if h.heal else None
