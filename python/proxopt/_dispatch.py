@@ -626,8 +626,11 @@ def _prepare_slow(spec: StepSpec, plan: Plan, groups: list[dict], state: dict,
         st = state.get(p) or {}
         _check_state(spec, group, i, local_tensor(p), st, keys)
         lr = group["lr"]
-        check_hyper_range(group, i, local_tensor(p), float(lr) if isinstance(lr, Tensor) else hypers[gi].lr,
-                          hypers[gi].weight_decay)
+        if isinstance(lr, Tensor):  # (read when the step runs; a traced step cannot branch on it)
+            lr = None if torch.compiler.is_compiling() else float(lr)
+        else:
+            lr = hypers[gi].lr
+        check_hyper_range(group, i, local_tensor(p), lr, hypers[gi].weight_decay)
         new = None
         if not _started(rule, st):
             new = {"step": torch.tensor(0.0, dtype=_step_dtype([]))} if rule.has_step else {}  # first, as torch

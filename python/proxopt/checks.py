@@ -67,13 +67,14 @@ def check_grad(optimizer: str, group: dict, i: int, p: Tensor, g: Tensor) -> Non
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
-def check_hyper_range(group: dict, i: int, p: Tensor, lr: float, weight_decay: float) -> None:
+def check_hyper_range(group: dict, i: int, p: Tensor, lr: float | None, weight_decay: float) -> None:
     """torch raises where lr or weight_decay overflows the dtype parameter ``i``'s
-    step computes in (the operator runs the same check in C++ for the kernel's tensors)."""
+    step computes in (the operator runs the same check in C++ for the kernel's
+    tensors). ``lr`` None: not known here (a tensor lr while torch.compile traces)."""
     if p.dtype in (torch.float64, torch.complex128):
         return
     for name, v in (("lr", lr), ("weight_decay", weight_decay)):
-        if abs(v) > _FLOAT32_MAX:
+        if v is not None and abs(v) > _FLOAT32_MAX:
             raise ValueError(f"{label(group, i)}: {name} = {v:g} overflows float32, the dtype its step computes in")
 
 

@@ -481,8 +481,9 @@ def misfit(t: Tensor, p: Tensor) -> str | None:
 
 def step_misfit(step: Tensor | float) -> str | None:
     """How a step counter is not a finite count >= 0, as "is -1: ..."; None if it
-    is one. A counter on a CUDA device is not read (that would synchronize)."""
-    if torch.is_tensor(step) and step.device.type != "cpu":
+    is one. A counter on a CUDA device is not read (that would synchronize), nor
+    one a traced step holds (its value is not known while torch.compile traces)."""
+    if torch.is_tensor(step) and (step.device.type != "cpu" or torch.compiler.is_compiling()):
         return None
     v = float(step)
     if v >= 0 and math.isfinite(v):
