@@ -350,3 +350,20 @@ def test_heal_runs_are_not_in_the_default_sweep():
     assert "budget-heal" not in [p.run for p in sweep.plan(None, [0.9], (), [0])]
     pts = sweep.plan(["dense", "magnitude", "budget-heal", "l1-heal"], [0.9], (), [0])
     assert [(p.run, p.target) for p in pts] == [("dense", None), ("magnitude", 0.9), ("budget-heal", 0.9), ("l1-heal", 0.9)]
+
+
+def test_channel_budget_heal_run(features_file, tmp_path):
+    # the channel budget per layer on the magnitude runs' window: each
+    # channel layer keeps exactly G - ceil(s G) rows, heal freezes them, and
+    # prune_zero_channels cuts them as it cuts magnitude-structured's
+    results, *_ = _sweep(features_file, tmp_path / "channels", "--epochs", "4", "--batch-size", "8",
+                         "--channel-sparsity", "0.5", "--runs", "magnitude-structured,channel-budget-heal")  # fmt: skip
+    by = {r.run: r for r in results}
+    assert list(by) == ["magnitude-structured", "channel-budget-heal"]
+    mag, budget = by["magnitude-structured"], by["channel-budget-heal"]
+    assert (budget.control["start"], budget.control["end"]) == (mag.control["start"], mag.control["end"])
+    assert budget.control["heal_from_step"] == mag.control["end"] + 1
+    for m in L.channel_layers(budget.model):
+        rows = m.weight.shape[0]
+        assert _zero_rows(m.weight) == math.ceil(0.5 * rows), m
+    assert budget.pruned_max_abs_diff < 1e-5 and budget.pruned_params < budget.params
