@@ -8,6 +8,7 @@ in a C++ kernel, and L1 gives exact zeros.
 from ._native import backend_info, has_cpu_kernels, set_simd_level, simd_level, simd_levels
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
+from .channels import channel_groups
 from .groups import param_groups
 from .optimizer import ProxOptimizer
 from .penalties import elastic_net_penalty, gaussian_kl_penalty, l1_penalty, l2_penalty
@@ -34,6 +35,7 @@ __all__ = [
     "RegularizerScheduler",
     "SparsityTarget",
     "prune_zero_channels",
+    "channel_groups",
     "backend_info",
     "has_cpu_kernels",
     "simd_level",
