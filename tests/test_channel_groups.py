@@ -319,3 +319,26 @@ def test_training_mode_and_running_stats_are_left_alone():
 
 def test_exported_from_proxopt():
     assert proxopt.channel_groups is channel_groups
+
+
+def test_sum_with_a_tensor_from_no_producer_raises():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 3, 1)
+            self.head = nn.Conv1d(3, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x) + x)
+
+    with pytest.raises(ChannelGroupError, match=r"at node 'add' \(function operator.add\): it adds channels to a tensor that comes from no producer"):
+        channel_groups(M(), torch.randn(1, 3, 4))
+
+
+def test_project_kws_model():
+    from examples.speech.models import kws_cnn
+
+    groups = channel_groups(kws_cnn(), torch.randn(2, 40, 101))
+    assert [f.name for f in groups] == ["0", "3", "7", "10", "14", "19"]
+    assert groups.outputs == ["22"]
+    assert _keys(groups.family("14").groups[159]) == _row("14", 159, bias=False) + _norm("15", 159) + _cols("19", 159)
