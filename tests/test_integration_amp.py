@@ -5,7 +5,9 @@ proxopt optimizers declare ``_step_supports_amp_scaling``: GradScaler hands them
 The trajectory equals torch.optim.AdamW under the same scaler (which unscales in
 Python first), and equals proxopt after ``scaler.unscale_`` (the clipping recipe).
 A step with an inf/nan gradient leaves parameters, every state tensor and ``step``
-untouched, and the scaler backs off.
+untouched, and the scaler backs off. After scaler.step, .grad holds what torch's
+fused Adam/AdamW/SGD/Adagrad leave: grad / scale on a taken step, the scaled grad
+on a skipped one (kernel and reference path alike, eager and compiled).
 """
 
 from __future__ import annotations
@@ -165,3 +167,155 @@ def test_overflow_in_one_gradient_only():
     scaler.step(opt)
     scaler.update()
     _assert_snapshot_equal(_snapshot(model, opt), before)
+
+
+# ---- .grad after scaler.step: unscaled, as torch's fused optimizers leave it ----------------------
+
+FUSED = ["Adam", "AdamW", "SGD", "Adagrad"]  # the optimizers torch has a fused (CPU) form of
+
+
+def _fused_kw(opt_name):
+    kw = dict(lr=1e-2)
+    if opt_name == "SGD":
+        kw["momentum"] = 0.9
+    return kw
+
+
+def _amp_step_grads(model, opt, scaler, x, y, dtype):
+    """One scaled step; returns the (scaled) grads scaler.step was given."""
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=dtype):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    scaler.scale(loss).backward()
+    scaled = [p.grad.clone() for p in model.parameters()]
+    scaler.step(opt)
+    scaler.update()
+    return scaled
+
+
+def _assert_bits_equal(a, b):
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("init_scale", [2.0**16, 1000.0], ids=["scale65536", "scale1000"])
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=str)
+@pytest.mark.parametrize("opt_name", FUSED)
+def test_grad_after_scaler_step_equals_torch_fused(opt_name, dtype, init_scale):
+    """After scaler.step the .grad holds what torch's fused optimizer leaves there:
+    grad / scale (a taken step; bit-identical, also for a scale that is no power
+    of two) and the scaled grad untouched (an inf step, which changes nothing)."""
+    ours_model, theirs_model = _model(), _model()
+    ours = getattr(proxopt, opt_name)(ours_model.parameters(), **_fused_kw(opt_name))
+    theirs = getattr(torch.optim, opt_name)(theirs_model.parameters(), fused=True, **_fused_kw(opt_name))
+    s1, s2 = (torch.amp.GradScaler("cpu", init_scale=init_scale, growth_interval=2) for _ in range(2))
+    data = _data()
+    skipped = 0
+    for k, (x, y) in enumerate(data):
+        if k in (2, 4):
+            x = x.clone()
+            x[1, 2] = float("inf") if k == 2 else float("nan")
+        scale = s1.get_scale()
+        assert scale == s2.get_scale()
+        g_ours = _amp_step_grads(ours_model, ours, s1, x, y, dtype)
+        g_theirs = _amp_step_grads(theirs_model, theirs, s2, x, y, dtype)
+        inf_step = s1.get_scale() < scale
+        assert inf_step == (k in (2, 4))
+        skipped += inf_step
+        for p, q, g, h in zip(ours_model.parameters(), theirs_model.parameters(), g_ours, g_theirs):
+            _assert_bits_equal(g, h)  # the same scaled gradients went in
+            _assert_bits_equal(p.grad, q.grad)
+            if inf_step:
+                _assert_bits_equal(p.grad, g)  # an inf step leaves .grad scaled, as torch's fused
+            else:
+                assert torch.equal(p.grad, g / torch.tensor(scale, dtype=torch.float32))
+                assert p.grad.abs().max() < g.abs().max() / 100  # really unscaled
+        for p, q in zip(ours_model.parameters(), theirs_model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+            st_ours, st_theirs = ours.state.get(p, {}), theirs.state.get(q, {})
+            assert st_ours.keys() == st_theirs.keys()
+            for key in st_theirs:
+                torch.testing.assert_close(st_ours[key].float(), st_theirs[key].float(), rtol=1e-5, atol=1e-6)
+    assert skipped == 2
+    if opt_name != "SGD":  # (SGD keeps no step count)
+        assert int(ours.state[ours_model[0].weight]["step"]) == STEPS - 2
+
+
+def test_grad_after_step_unscaled_on_the_reference_path_and_grad_less_param_untouched():
+    """A non-contiguous parameter (the reference path) gets the same unscaled .grad as a
+    contiguous one (the kernel) and as torch's fused AdamW; a parameter without a grad
+    keeps none; found_inf set skips the step and leaves every .grad as it was.
+    (The parameters are compared with torch's non-fused AdamW given the unscaled grads:
+    torch 2.13's fused CPU AdamW mis-steps a non-contiguous parameter.)"""
+    torch.manual_seed(3)
+    dense, strided, bare = torch.randn(6, 5), torch.randn(5, 6).t(), torch.randn(4)
+    scaled = [torch.randn(6, 5) * 1000.0 for _ in range(2)]
+
+    def params():
+        ps = [torch.nn.Parameter(dense.clone()), torch.nn.Parameter(torch.empty(5, 6).t().copy_(strided)),
+              torch.nn.Parameter(bare.clone())]
+        assert ps[0].is_contiguous() and not ps[1].is_contiguous()
+        return ps
+
+    plain = params()
+    for p, g in zip(plain, scaled):
+        p.grad = g / 1000.0
+    torch.optim.AdamW(plain, lr=1e-2, foreach=False).step()
+    for found in (0.0, 1.0):
+        results = []
+        for make in (lambda ps: proxopt.AdamW(ps, lr=1e-2), lambda ps: torch.optim.AdamW(ps, lr=1e-2, fused=True)):
+            ps = params()
+            for p, g in zip(ps, scaled):
+                p.grad = g.clone()
+            opt = make(ps)
+            opt.grad_scale = torch.tensor(1000.0)
+            opt.found_inf = torch.tensor(found)
+            opt.step()
+            results.append(ps)
+        ours, theirs = results
+        for p, q, g in zip(ours[:2], theirs[:2], scaled):
+            assert torch.equal(p.grad, q.grad)
+            assert torch.equal(p.grad, g if found else g / 1000.0)
+        for p, before, after in zip(ours, (dense, strided, bare), plain):
+            if found or p is ours[2]:
+                assert torch.equal(p, before)
+            else:
+                torch.testing.assert_close(p, after, rtol=1e-6, atol=1e-7)
+                assert not torch.equal(p, before)
+        assert ours[2].grad is None
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="torch.compile is not available")
+def test_compiled_step_leaves_grad_unscaled_as_eager():
+    """opt.step compiled (fullgraph, inductor) with GradScaler's grad_scale/found_inf
+    attributes: .grad after each step is bit-equal to the eager step's (divided on a
+    taken step, untouched on a skipped one), and so are the parameters."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(5)
+    grads = [[torch.randn(*s, generator=g) * 1000.0 for s in ((16, 8), (16,))] for _ in range(4)]
+    runs = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(16, 8)), torch.nn.Parameter(torch.randn(16))]
+        opt = proxopt.AdamW(ps, lr=1e-2, l1=1e-3)
+        # a first step without AMP, eagerly: a traced first step cannot read found_inf
+        # to decide whether to keep the state it creates (_dispatch.step)
+        for p in ps:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        step = torch.compile(opt.step, fullgraph=True) if compiled else opt.step
+        seen = []
+        for k, gs in enumerate(grads):
+            for p, grad in zip(ps, gs):
+                p.grad = grad.clone()
+            opt.grad_scale = torch.tensor(1000.0)
+            opt.found_inf = torch.tensor(1.0 if k == 2 else 0.0)
+            step()
+            seen.append([p.grad.clone() for p in ps])
+        runs.append((seen, [p.detach().clone() for p in ps]))
+    torch._dynamo.reset()
+    for k, (a, b) in enumerate(zip(runs[0][0], runs[1][0])):
+        for ga, gb, scaled in zip(a, b, grads[k]):
+            assert torch.equal(ga, gb)
+            assert torch.equal(ga, scaled if k == 2 else scaled / 1000.0)
+    for pa, pb in zip(runs[0][1], runs[1][1]):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)

@@ -64,7 +64,8 @@ class ProxOptimizer(Optimizer):
     # Keys of one's own that look like a setting (a key like "l1_target" is taken
     # for a misspelled "l1" otherwise; see regularizers.check_group_keys).
     extra_group_keys: frozenset[str] = frozenset()
-    # GradScaler hands grad_scale/found_inf to step(); unscaling happens in the kernel.
+    # GradScaler hands grad_scale/found_inf to step(); the kernel unscales as it reads the
+    # gradient, and the step then leaves .grad unscaled, as torch's fused optimizers do.
     # A class attribute, so copies and unpickled optimizers keep it.
     _step_supports_amp_scaling = True
 
@@ -311,6 +312,8 @@ class ProxOptimizer(Optimizer):
                     self._plan = None  # its state was removed: build it again
                 raise
             if done:
+                if grad_scale is not None:
+                    _unscale_grads(groups, grad_scale, found_inf)
                 return loss
             # The operator refused a tensor that stopped being one the kernels
             # take, and wrote nothing: sort again (it goes to the reference path).
@@ -416,3 +419,23 @@ def _unchanged(keys: list[str], values: list[Any], cached: _Validated) -> bool:
 def check_nonneg(name: str, value: Any, label: str | None = None) -> float:
     """torch's style of hyperparameter check: ``Invalid <label> value: <value>``."""
     return nonnegative(label or name, value)
+
+
+def _unscale_grads(groups: list[dict], grad_scale: Tensor, found_inf: Tensor | None) -> None:
+    """After a step given ``grad_scale``, ``.grad`` holds what torch's fused
+    optimizers leave there: ``grad / grad_scale`` (a division, as theirs, so
+    bit-identical for any scale), or, when ``found_inf`` is set (the step was
+    skipped), the scaled gradient untouched. One extra read and write of the
+    gradients, only under AMP; ``found_inf`` is not read on the host (no sync,
+    nothing to branch on under torch.compile): a skipped step divides by 1."""
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for group in groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                g = _dispatch.local_tensor(p.grad)
+                by_device.setdefault(g.device, []).append(g)
+    for device, grads in by_device.items():
+        scale = grad_scale.to(device, torch.float32).reshape(())  # GradScaler's is of shape (1,)
+        if found_inf is not None:
+            scale = torch.where(found_inf.to(device).reshape(()) != 0, torch.ones_like(scale), scale)
+        torch._foreach_div_(grads, scale)
