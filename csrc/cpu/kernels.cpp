@@ -320,6 +320,23 @@ void group_factors(const TensorTask& t, int64_t q0, int64_t n, const double* sum
   }
 }
 
+// The states of one row's run of a column panel: fresh where the column's
+// factor is 0 (the reset is on), as selects the compiler vectorizes.
+template <class Rule, class T>
+void reset_zeroed_run(T* const* s, int64_t n, const math_t<T>* __restrict factor, const Coeffs<math_t<T>>& k) {
+  using M = math_t<T>;
+  auto as_t = [](M v) {
+    if constexpr (std::is_same_v<T, M>) return v; else return store_as(v, static_cast<T*>(nullptr));
+  };
+  for (int q = 0; q < Rule::kStates; ++q) {
+    T* __restrict st = s[q];
+    const T fresh = as_t(q == 0 ? k.fresh0 : M(0));
+    for (int64_t j = 0; j < n; ++j) {
+      if (factor[j] == M(0)) st[j] = fresh;
+    }
+  }
+}
+
 // Groups [q0, q0 + n) that their factor zeroed get fresh states when the
 // reset is on: the states were stored before the group's norm was known.
 // Called after the last store of the states (16-bit paths step twice).
@@ -422,6 +439,12 @@ void run_column_panel(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<
   }
   factor.resize(size_t(nq));
   group_factors<T>(t, q0, nq, sums.data(), tau, k, factor.data());
+  // A zeroed column's states restart in the same visit of each row (one
+  // strided pass per column would touch every row's lines again).
+  bool resets = false;
+  if constexpr (S > 0) {
+    for (int64_t j = 0; j < nq && k.reset != 0 && !resets; ++j) resets = factor[j] == M(0);
+  }
   // Last rows first: they are the ones still in cache from the first pass.
   for (int64_t o = t.outer - 1; o >= 0; --o) {
     const auto p = ptrs_at<Rule, T>(t, o * G + q0);
@@ -434,8 +457,8 @@ void run_column_panel(const TensorTask& t, int64_t q0, int64_t q1, const Coeffs<
       step_range<Rule, P, Out::kScratch>(p.w, p.g, p.s, nq, k, run.data());
       store_scaled(p.w, run.data(), nq, factor.data(), 1, k);
     }
+    if (resets) reset_zeroed_run<Rule, T>(p.s, nq, factor.data(), k);
   }
-  reset_zeroed_groups<Rule, T>(t, q0, nq, factor.data(), k);
 }
 
 // One group too large for the scratch, in two passes over its runs.
