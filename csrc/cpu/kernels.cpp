@@ -116,6 +116,17 @@ inline double lane_total(const double* lane) {
   return s;
 }
 
+// Adds the squares of x[0, n) to the lanes (element j to lane j % kLanes, a
+// tail to lane 0).
+template <class M>
+inline void add_squares(const M* __restrict x, int64_t n, double* __restrict lane) {
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] += double(x[j + l]) * double(x[j + l]);
+  }
+  for (; j < n; ++j) lane[0] += double(x[j]) * double(x[j]);
+}
+
 // One element j: load it and its states, step, store the states (unless
 // dry); the new weight is returned. A holds the math type or storage that
 // converts to it implicitly (float32/float64 tensors, or a widened tile).
@@ -139,7 +150,7 @@ __attribute__((always_inline)) inline M step_at(const A* w, const A* __restrict 
 
 // Elements [0, n) of arrays of the math type (a tensor's own memory, or a
 // tile): the new weights go to `dst` (which may be w itself); with kScratchSq
-// their squares go to `lane` (element j to lane j % kLanes), with
+// their squares are then added to `lane` (element j to lane j % kLanes), with
 // kStoreColSq to lane[j]; a budget shape adds its counts to `c`.
 template <class Rule, unsigned P, Out O, class M>
 __attribute__((always_inline)) inline void step_loop(M* w, const M* __restrict g, M* __restrict s0, M* __restrict s1,
@@ -164,27 +175,22 @@ __attribute__((always_inline)) inline void step_loop(M* w, const M* __restrict g
     return;
   }
   BudgetCounts none;
-  if constexpr (O == Out::kScratchSq) {
-    int64_t j = 0;
-    for (; j + kLanes <= n; j += kLanes) {
+  if constexpr (O == Out::kScratchSq || O == Out::kStoreColSq) {
+    // Step, then square what was written, in a second loop over it (the
+    // same lanes, so the same sums). In one loop GCC threads the heal and
+    // reset selects of the zeroing shapes, moves the double square onto the
+    // paths and selects between the squares on a uniform switch: a double
+    // select on an int32 condition, which it does not vectorize next to the
+    // float math (docs/DEVELOPING.md; the general group shape ran 6x slower).
 #pragma GCC ivdep
-      for (int l = 0; l < kLanes; ++l) {
-        const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j + l, k, none);
-        dst[j + l] = nw;
-        lane[l] += double(nw) * double(nw);
-      }
-    }
-    for (; j < n; ++j) {
-      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, none);
-      dst[j] = nw;
-      lane[0] += double(nw) * double(nw);
-    }
-  } else if constexpr (O == Out::kStoreColSq) {
+    for (int64_t j = 0; j < n; ++j) dst[j] = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, none);
+    if constexpr (O == Out::kScratchSq) {
+      add_squares(dst, n, lane);
+    } else {
+      const M* __restrict x = dst;
+      double* __restrict sq = lane;
 #pragma GCC ivdep
-    for (int64_t j = 0; j < n; ++j) {
-      const M nw = step_at<Rule, P, kStates>(w, g, s0, s1, s2, j, k, none);
-      dst[j] = nw;
-      lane[j] += double(nw) * double(nw);
+      for (int64_t j = 0; j < n; ++j) sq[j] += double(x[j]) * double(x[j]);
     }
   } else {
 #pragma GCC ivdep
@@ -240,11 +246,7 @@ double step_range(T* __restrict w, const T* __restrict g, T* const* s, int64_t l
 template <class M>
 double sum_squares(const M* x, int64_t n) {
   double lane[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lane[l] += double(x[j + l]) * double(x[j + l]);
-  }
-  for (; j < n; ++j) lane[0] += double(x[j]) * double(x[j]);
+  add_squares(x, n, lane);
   return lane_total<M>(lane);
 }
 
