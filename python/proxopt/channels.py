@@ -88,6 +88,10 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+# The modules that keep a channel where it is: one list, shared with
+# prune_zero_channels (which cuts the channels these groups describe).
+from .pruning import _CONV, _ELEMENTWISE
+
 __all__ = ["channel_groups", "ChannelGroups", "ChannelFamily", "ChannelGroup", "Member", "StackedMember", "ChannelGroupError"]
 
 
@@ -197,18 +201,7 @@ class ChannelGroups:
 # What keeps channels
 # --------------------------------------------------------------------------
 
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _AFFINE_NORM_DIM1 = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
-_ELEMENTWISE_MODULES = tuple(
-    t
-    for t in (
-        nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
-        getattr(nn, "Mish", None), nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Hardswish,
-        nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Identity,
-        nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    )
-    if t is not None
-)  # fmt: skip
 _POOL_MODULES = {
     nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3, nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
     nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
@@ -407,7 +400,7 @@ class _Walk:
                     self._fail(node, f"a per-channel PReLU acts on dim 1 but the channels are on dim {a.axis}")
                 self._affine(m, a)
             return a
-        if isinstance(m, _ELEMENTWISE_MODULES):
+        if isinstance(m, _ELEMENTWISE):
             return a
         if type(m) in _POOL_MODULES:
             return self._pool(node, a, in_shape, _POOL_MODULES[type(m)])
