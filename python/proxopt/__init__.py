@@ -18,6 +18,7 @@ from .schedules import RegularizerScheduler
 from .sgd import SGD
 from .sparsity import SparsityReport, sparsity
 from .sparsity_target import SparsityTarget
+from . import coupled  # noqa: E402  (proxopt.coupled: the channel groups' classes)
 from . import callbacks  # noqa: E402  (proxopt.callbacks: it imports no framework until a class is used)
 
 __version__ = "0.1.0"

@@ -49,9 +49,10 @@ from torch import Tensor
 
 from . import _compiled, _native, reference
 from .checks import check_grad, check_hyper_range, label
+from .coupled import coupled_prox_
 from .distributed import is_dtensor, local_tensor, sharded_group_prox_, split_group_prox
 from .hyper import HYPER_FIELDS, Hyper, hyper_values
-from .regularizers import budget_key, group_dim_of, has_budget, has_group_prox
+from .regularizers import COUPLED_KEY, budget_key, group_dim_of, has_budget, has_group_prox
 from .rules import RuleSpec, exported_rules
 
 
@@ -522,6 +523,9 @@ def step(spec: StepSpec, plan: Plan, groups: list[dict], state: dict, hypers: li
     for gi, later in enumerate(deferred):
         if later is not None:
             _deferred_group_prox(groups, state, gi, later)
+    for gi, group in enumerate(groups):
+        if group.get(COUPLED_KEY) is not None:
+            coupled_prox_(spec.rule, hypers, groups, gi, state, found_inf)
     return plan, True
 
 

@@ -196,6 +196,44 @@ class ChannelGroups:
         """Per family name, :meth:`ChannelFamily.stacked`."""
         return {f.name: f.stacked() for f in self.families}
 
+    def param_groups(self, model: nn.Module, *, exclude: Any = ("bias", "norm", "embedding"),
+                     **options: Any) -> list[dict]:
+        """Param groups for a proxopt optimizer in which ``group_lasso``,
+        ``channel_sparsity`` and ``max_norm`` act on these channel groups,
+        each one group spanning its tensors (:mod:`proxopt.coupled`).
+
+        The split is :func:`proxopt.param_groups`'s (same ``exclude`` rules
+        and ``options``): the first group holds the regularized tensors,
+        ``options`` and the ``"channel_groups"`` (a
+        :class:`proxopt.coupled.CoupledChannels`); the second the biases,
+        norm weights and embeddings, with no regularizer and no weight decay
+        of their own, whose slices (a channel's bias, its BatchNorm γ and
+        β) still count in their channel's norm and are scaled or zeroed
+        with it. Example::
+
+            groups = proxopt.channel_groups(model, torch.randn(1, 40, 101))
+            opt = proxopt.AdamW(groups.param_groups(model, group_lasso=1e-3, channel_sparsity=0.5), lr=1e-3)
+        """
+        from .coupled import COUPLED_KEY, CoupledChannels, CoupledFamily, CoupledMember
+        from .groups import param_groups as split
+
+        out = split(model, exclude=exclude, **options)
+        where = {id(p): (gi, i) for gi, g in enumerate(out) for i, p in enumerate(g["params"])}
+        families = []
+        for fam in self.families:
+            members = []
+            for sm in fam.stacked():
+                if id(sm.param) not in where:
+                    continue  # a frozen tensor is not stepped: its slices are not scaled
+                gi, i = where[id(sm.param)]
+                index = tuple(tuple(int(j) for j in row if j >= 0) for row in sm.index.tolist())
+                members.append(CoupledMember(gi, i, sm.dim, index))
+            if members:
+                families.append(CoupledFamily(fam.name, len(fam.groups), tuple(members)))
+        if out:
+            out[0][COUPLED_KEY] = CoupledChannels(tuple(families))
+        return out
+
 
 # --------------------------------------------------------------------------
 # What keeps channels

@@ -11,7 +11,8 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
-from .regularizers import ACTING_DEFAULTS, group_dim_of, has_group_prox, has_prox
+from .coupled import check_coupled
+from .regularizers import ACTING_DEFAULTS, COUPLED_KEY, group_dim_of, has_group_prox, has_prox
 
 
 def label(group: dict, i: int) -> str:
@@ -38,6 +39,14 @@ def check_params(group: dict) -> None:
             check_not_complex(group, i, p)
         if grouped:
             check_group_param(group, i, p)
+
+
+def check_channel_groups(groups: list[dict], partial: bool = False) -> None:
+    """The channel groups that span tensors (``channel_groups`` of a param
+    group) fit the parameters they name; see :func:`proxopt.coupled.check_coupled`."""
+    for gi, group in enumerate(groups):
+        if group.get(COUPLED_KEY) is not None:
+            check_coupled(groups, gi, label, partial)
 
 
 def check_grad(optimizer: str, group: dict, i: int, p: Tensor, g: Tensor) -> None:

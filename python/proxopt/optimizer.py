@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import _compiled, _dispatch
-from .checks import check_overlap, check_params
+from .checks import check_channel_groups, check_overlap, check_params
 from .hyper import Hyper
 from .regularizers import (
     _number,
@@ -32,7 +32,7 @@ from .regularizers import (
     validate_regularizers,
 )
 from .reference import BUDGET_FIELDS, budget_select_, channel_select_
-from .regularizers import budget_key, fraction, group_dim_of
+from .regularizers import COUPLED_KEY, budget_key, fraction, group_dim_of
 from .rules import RULES
 
 
@@ -85,6 +85,7 @@ class ProxOptimizer(Optimizer):
         self._healed: dict[int, bool] = {}  # id(group) -> its heal value at the last step
         regs = split_regularizers(f"proxopt.{type(self).__name__}", regularizers, known=defaults)
         super().__init__(params, {**defaults, **regs})
+        check_channel_groups(self.param_groups)  # (now that every group is there)
         self._traced_init()
 
     def _traced_init(self) -> None:
@@ -107,6 +108,7 @@ class ProxOptimizer(Optimizer):
             self._hyper(group)
             check_params(group)
             check_overlap(self.param_groups)
+            check_channel_groups(self.param_groups, partial=True)
         except Exception:
             self.param_groups.pop()
             raise
@@ -159,7 +161,7 @@ class ProxOptimizer(Optimizer):
             lr=0.0 if isinstance(lr, Tensor) else float(lr),  # a tensor lr goes to the kernel as a tensor
             maximize=maximize,
             **self._rule_hyper(group),
-            **regularizer_hyper(reg),
+            **regularizer_hyper(reg, coupled=group.get(COUPLED_KEY) is not None),
         )
 
     def _traced_hyper(self, gi: int, values: dict[str, Any]) -> tuple[Hyper, Tensor | None]:
@@ -352,6 +354,8 @@ class ProxOptimizer(Optimizer):
         with tensors on the reference path or DTensors, None for the others,
         whose operator call reads and checks them when it runs."""
         traced = {gi for gi, _ in plan.slow}
+        if any(g.get(COUPLED_KEY) is not None for g in self.param_groups):
+            traced = set(range(len(self.param_groups)))  # proxopt.coupled reads them after the call
         return [self._hyper(g) if gi in traced or plan.dtensor_groups[gi] else None for gi, g in enumerate(self.param_groups)]
 
     def _state_keys(self) -> list[tuple[str, ...]]:
@@ -380,6 +384,7 @@ class ProxOptimizer(Optimizer):
         for group in self.param_groups:
             check_params(group)
         check_overlap(self.param_groups)
+        check_channel_groups(self.param_groups)
         self._plan = _dispatch.build_plan(self._spec, self.param_groups, self.state, keys)
 
 

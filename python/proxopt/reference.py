@@ -130,7 +130,7 @@ def group_factor(norm: Tensor, tau: float, max_norm: float, cut: Tensor | None =
     norm overflows float32 is still scaled, not zeroed; the caller rounds the
     factor to its math dtype."""
     f = torch.ones_like(norm)
-    if tau:
+    if isinstance(tau, Tensor) or tau:  # (a tensor: one τ per group, for groups of different sizes)
         f = torch.where(norm <= tau, torch.zeros_like(norm), 1 - tau / norm)
     if cut is not None:
         if shrunk is not None:

@@ -30,6 +30,14 @@ import torch
 from .arguments import ARGUMENT_DOCS
 
 PROX_METRICS = ("euclidean", "adaptive")
+# The param-group key of channel groups that span tensors (proxopt.coupled):
+# in such a group, group_lasso, channel_sparsity and max_norm act on them.
+COUPLED_KEY = "channel_groups"
+# What the fused step leaves to proxopt.coupled in such a group (the Hyper
+# fields, with their values when off): the group proxes, and the bounds
+# that act after them.
+COUPLED_FIELDS = (("group_lasso", 0.0), ("channel_sparsity", 0.0), ("max_norm", 0.0),
+                  ("lo", -math.inf), ("hi", math.inf))
 SPARSITY_SCOPES = ("tensor", "group")
 
 
@@ -242,7 +250,8 @@ def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> 
             "threshold are alternative elementwise proxes; choose one"
         )
     gl, max_norm, channels = v["group_lasso"], v["max_norm"], v["channel_sparsity"]
-    if (gl or channels) and max_norm is not None and v["group_dim"] != v["max_norm_dim"]:
+    coupled = group.get(COUPLED_KEY) is not None  # (the groups' dims are theirs: group_dim does not apply)
+    if (gl or channels) and max_norm is not None and v["group_dim"] != v["max_norm_dim"] and not coupled:
         raise ValueError(
             f"group_dim={v['group_dim']} and max_norm_dim={v['max_norm_dim']} differ: "
             "group_lasso or channel_sparsity and max_norm together must act on the same groups"
@@ -257,7 +266,7 @@ def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> 
             f"channel_sparsity={channels} and sparsity={v['sparsity']} cannot be combined in one param "
             "group: each keeps its own budget statistics per tensor; put them in separate param groups"
         )
-    if channels and v["sparsity_scope"] != "tensor":
+    if channels and v["sparsity_scope"] != "tensor" and not coupled:
         raise ValueError(
             f"channel_sparsity={channels} with sparsity_scope={v['sparsity_scope']!r}: the channel budget "
             "is per tensor (group norms of different layers are not comparable); use sparsity_scope='tensor'"
@@ -285,13 +294,18 @@ def validate_regularizers(group: dict, *, adaptive_ok: bool, optimizer: str) -> 
 REGULARIZER_FIELDS: tuple[tuple[str, Any], ...] = tuple(f for k in REGULARIZERS for f in k.hyper_fields)
 
 
-def regularizer_hyper(v: dict[str, Any]) -> dict[str, Any]:
-    """The :class:`~proxopt.hyper.Hyper` fields of validated regularizer values."""
+def regularizer_hyper(v: dict[str, Any], coupled: bool = False) -> dict[str, Any]:
+    """The :class:`~proxopt.hyper.Hyper` fields of validated regularizer values
+    (``coupled``: of a param group with channel groups that span tensors,
+    whose group proxes and bounds :mod:`proxopt.coupled` applies after the
+    fused step)."""
     out: dict[str, Any] = {}
     for k in REGULARIZERS:
         out.update(zip((name for name, _ in k.hyper_fields), k.hyper_values(v)))
     if v["heal"]:
         out.update((name, 0.0) for name in HEAL_STOPS)
+    if coupled:
+        out.update(COUPLED_FIELDS)
     return out
 
 
@@ -303,8 +317,10 @@ def has_prox(group: dict) -> bool:
 
 def budget_key(group: dict) -> str | None:
     """The budget keyword the group sets (``"sparsity"`` or ``"channel_sparsity"``), or None.
-    Its statistics are kept in the heal phase too."""
-    for name in ("sparsity", "channel_sparsity"):
+    Its statistics are kept in the heal phase too. (The channel budget of
+    groups that span tensors keeps none: :mod:`proxopt.coupled` selects
+    exactly on each step's norms.)"""
+    for name in ("sparsity",) if group.get(COUPLED_KEY) is not None else ("sparsity", "channel_sparsity"):
         s = group[name]
         if isinstance(s, torch.Tensor) or s != 0:
             return name
@@ -317,7 +333,10 @@ def has_budget(group: dict) -> bool:
 
 
 def has_group_prox(group: dict) -> bool:
-    """True when the group asks for group lasso, a channel budget or max-norm."""
+    """True when the group asks for group lasso, a channel budget or max-norm
+    on slices of each tensor (not on channel groups that span tensors)."""
+    if group.get(COUPLED_KEY) is not None:
+        return False
     return bool(group["group_lasso"]) or bool(group["channel_sparsity"]) or group["max_norm"] is not None
 
 
@@ -410,7 +429,7 @@ def check_group_keys(optimizer: str, index: int, group: dict, known, allowed=fro
     ``initial_<key>`` of the schedulers, other optimizers' hyperparameters,
     keys of the user's or a framework's, and ``allowed``)."""
     for key in group:
-        if (not isinstance(key, str) or key in known or key in allowed or key in TORCH_GROUP_KEYS
+        if (not isinstance(key, str) or key in known or key in allowed or key in TORCH_GROUP_KEYS or key == COUPLED_KEY
                 or key in ARGUMENT_DOCS or key.startswith("initial_")):
             continue
         guess = likely_meant(key, known)
